@@ -1,0 +1,5 @@
+"""keras_vitmix: ViT, MLP-Mixer, ConvMixer and their hybrids for Keras 3 (TensorFlow, JAX, PyTorch)."""
+
+__version__ = "0.1.0"
+
+from keras_vitmix import applications, layers  # noqa: E402,F401

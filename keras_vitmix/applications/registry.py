@@ -1,0 +1,71 @@
+"""Named variants: `register_model`, `list_models`, `create_model` (as in timm).
+
+Variants are small data tables in each family's module; one test suite runs over
+every registered name.
+"""
+
+import difflib
+import fnmatch
+
+_REGISTRY = {}
+
+
+def register_model(name, family, description="", **config):
+    """Registers `name` as `family(**config)`.
+
+    Args:
+        name: str, unique variant name (e.g. "vit_tiny_patch16_224").
+        family: the application class.
+        description: one line shown by `keras-vitmix models`.
+        **config: constructor arguments of `family`.
+    """
+    if name in _REGISTRY:
+        raise ValueError(f"A model named {name!r} is already registered.")
+    _REGISTRY[name] = {"family": family, "config": dict(config), "description": description}
+
+
+def list_models(pattern=None):
+    """Sorted names of the registered variants, optionally filtered by a glob pattern."""
+    names = sorted(_REGISTRY)
+    if pattern is not None:
+        names = [n for n in names if fnmatch.fnmatch(n, pattern)]
+    return names
+
+
+def model_info(name):
+    """A copy of the registry entry: {"family", "config", "description"}."""
+    entry = _REGISTRY.get(name)
+    if entry is None:
+        _unknown(name)
+    return {**entry, "config": dict(entry["config"])}
+
+
+def create_model(name, **overrides):
+    """Builds the registered variant `name`, with constructor arguments overridden.
+
+    Args:
+        name: a name from `list_models()`.
+        **overrides: constructor arguments replacing the variant's (e.g.
+            `input_shape=(64, 64, 3)`, `classes=10`, `include_top=False`).
+
+    Returns:
+        A `keras.Model` of the variant's family, named `name` unless overridden.
+
+    Example:
+
+    >>> model = create_model("vit_cifar_patch4_32", classes=100)
+    """
+    if not isinstance(name, str):
+        raise TypeError(f"`name` must be a str from list_models(). Received: name={name!r}")
+    entry = model_info(name)
+    config = {**entry["config"], "name": name, **overrides}
+    return entry["family"](**config)
+
+
+def _unknown(name):
+    close = difflib.get_close_matches(str(name), _REGISTRY, n=5, cutoff=0.5)
+    hint = f" Did you mean: {', '.join(close)}?" if close else ""
+    raise ValueError(
+        f"Unknown model name. Received: name={name!r}.{hint} "
+        f"See keras_vitmix.applications.list_models() for the {len(_REGISTRY)} names."
+    )

@@ -1,0 +1,25 @@
+"""Layers shared by every keras_vitmix architecture."""
+
+from keras_vitmix.layers.attention import MultiHeadSelfAttention
+from keras_vitmix.layers.conv_mixer_block import ConvMixerBlock
+from keras_vitmix.layers.drop_path import DropPath
+from keras_vitmix.layers.mixer_block import MixerBlock
+from keras_vitmix.layers.mlp import MLP
+from keras_vitmix.layers.patch_embedding import (
+    PatchEmbedding,
+    resample_position_embedding,
+    sincos_position_embedding,
+)
+from keras_vitmix.layers.transformer_block import TransformerBlock
+
+__all__ = [
+    "ConvMixerBlock",
+    "DropPath",
+    "MLP",
+    "MixerBlock",
+    "MultiHeadSelfAttention",
+    "PatchEmbedding",
+    "TransformerBlock",
+    "resample_position_embedding",
+    "sincos_position_embedding",
+]

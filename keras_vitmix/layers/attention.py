@@ -1,0 +1,168 @@
+"""Multi-head self-attention with one fused query/key/value projection.
+
+Vaswani et al., "Attention Is All You Need", NeurIPS 2017
+(https://arxiv.org/abs/1706.03762): softmax(Q K^T / sqrt(d)) V, computed per head.
+Without scores the layer calls `keras.ops.dot_product_attention`, which dispatches to
+each backend's fused kernel (flash attention where available); with scores it computes
+the softmax explicitly in float32 so the maps can be inspected. Both paths agree.
+"""
+
+import keras
+from keras import ops
+
+from keras_vitmix.layers._checks import check_positive_int, check_rate
+
+
+@keras.saving.register_keras_serializable(package="keras_vitmix")
+class MultiHeadSelfAttention(keras.layers.Layer):
+    """Self-attention over a token sequence (B, N, D).
+
+    The `qkv` projection's output is laid out as (3, num_heads, key_dim), as in timm,
+    so fused checkpoints map onto it with a transpose.
+
+    Args:
+        num_heads: int, number of attention heads.
+        key_dim: optional int, size of each head; defaults to `D // num_heads`.
+        dropout: float in [0, 1), dropout on the attention probabilities.
+        use_bias: bool, whether the projections have biases.
+        **kwargs: base layer keyword arguments.
+
+    Call arguments:
+        inputs: tensor (B, N, D).
+        attention_mask: optional boolean tensor, True where attention is allowed:
+            (B, N) masks keys (padding), (B, N, N) or (B, heads, N, N) masks pairs.
+        use_causal_mask: bool, forbids each query to attend to later tokens.
+        return_attention_scores: bool, also return the softmax scores.
+        training: bool, enables dropout.
+
+    Returns:
+        Tensor (B, N, D), or `(outputs, scores)` with scores (B, heads, N, N) in
+        float32 when `return_attention_scores=True`.
+
+    Example:
+
+    >>> mhsa = MultiHeadSelfAttention(num_heads=4)
+    >>> y, scores = mhsa(keras.ops.ones((2, 10, 32)), return_attention_scores=True)
+    >>> scores.shape
+    (2, 4, 10, 10)
+
+    Reference:
+        Vaswani et al., 2017, https://arxiv.org/abs/1706.03762
+    """
+
+    def __init__(self, num_heads, key_dim=None, dropout=0.0, use_bias=True, **kwargs):
+        super().__init__(**kwargs)
+        self.num_heads = check_positive_int(num_heads, "num_heads")
+        self.key_dim = None if key_dim is None else check_positive_int(key_dim, "key_dim")
+        self.dropout = check_rate(dropout, "dropout")
+        self.use_bias = use_bias
+        self.attention_dropout = keras.layers.Dropout(dropout, dtype=self.dtype_policy, name="attention_dropout")
+
+    def build(self, input_shape):
+        if len(input_shape) != 3:
+            raise ValueError(
+                f"{type(self).__name__} expects tokens of shape (batch, tokens, dim). "
+                f"Received: input_shape={tuple(input_shape)}"
+            )
+        dim = input_shape[-1]
+        if self.key_dim is None and dim % self.num_heads:
+            raise ValueError(
+                f"The token dimension must be divisible by `num_heads` (or pass `key_dim`). "
+                f"Received: dim={dim}, num_heads={self.num_heads}"
+            )
+        self._head_dim = self.key_dim or dim // self.num_heads
+        inner = self.num_heads * self._head_dim
+        self.qkv = keras.layers.Dense(3 * inner, use_bias=self.use_bias, dtype=self.dtype_policy, name="qkv")
+        self.proj = keras.layers.Dense(dim, use_bias=self.use_bias, dtype=self.dtype_policy, name="proj")
+        self.qkv.build(input_shape)
+        self.proj.build(tuple(input_shape[:-1]) + (inner,))
+
+    def _split_heads(self, inputs):
+        qkv = self.qkv(inputs)  # (B, N, 3 * H * d)
+        batch, tokens = ops.shape(qkv)[0], ops.shape(qkv)[1]
+        qkv = ops.reshape(qkv, (batch, tokens, 3, self.num_heads, self._head_dim))
+        return qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # each (B, N, H, d)
+
+    def _mask(self, attention_mask, use_causal_mask, tokens):
+        """Combines the masks into one boolean (B|1, H|1, N, N) tensor, or None."""
+        mask = None
+        if attention_mask is not None:
+            mask = ops.cast(attention_mask, "bool")
+            rank = len(mask.shape)
+            if rank == 2:  # (B, N) key padding
+                mask = mask[:, None, None, :]
+            elif rank == 3:  # (B, N, N)
+                mask = mask[:, None, :, :]
+            elif rank != 4:
+                raise ValueError(
+                    "`attention_mask` must have shape (B, N), (B, N, N) or (B, heads, N, N). "
+                    f"Received: attention_mask.shape={tuple(attention_mask.shape)}"
+                )
+        if use_causal_mask:
+            causal = ops.tril(ops.ones((tokens, tokens), dtype="bool"))[None, None]
+            mask = causal if mask is None else ops.logical_and(mask, causal)
+        return mask
+
+    def call(
+        self,
+        inputs,
+        attention_mask=None,
+        use_causal_mask=False,
+        return_attention_scores=False,
+        training=None,
+    ):
+        q, k, v = self._split_heads(inputs)
+        tokens = ops.shape(inputs)[1]
+        scale = 1.0 / float(self._head_dim) ** 0.5
+        dropout_active = training and self.dropout > 0.0
+        if return_attention_scores or dropout_active:
+            outputs, scores = self._explicit_attention(
+                q, k, v, attention_mask, use_causal_mask, scale, training
+            )
+        else:
+            mask = None
+            if attention_mask is not None:
+                mask = self._mask(attention_mask, False, tokens)
+            outputs = ops.dot_product_attention(
+                q, k, v, mask=mask, scale=scale, is_causal=use_causal_mask
+            )  # (B, N, H, d)
+            scores = None
+        batch = ops.shape(outputs)[0]
+        outputs = self.proj(ops.reshape(outputs, (batch, tokens, self.num_heads * self._head_dim)))
+        return (outputs, scores) if return_attention_scores else outputs
+
+    def _explicit_attention(self, q, k, v, attention_mask, use_causal_mask, scale, training):
+        tokens = ops.shape(q)[1]
+        logits = ops.einsum("bqhd,bkhd->bhqk", ops.cast(q, "float32"), ops.cast(k, "float32"))
+        logits = logits * scale
+        mask = self._mask(attention_mask, use_causal_mask, tokens)
+        if mask is not None:
+            # A large finite value (not -inf) keeps fully masked rows free of NaN.
+            logits = ops.where(mask, logits, ops.cast(-1e9, "float32"))
+        scores = ops.softmax(logits, axis=-1)  # (B, H, N, N), float32
+        probs = self.attention_dropout(ops.cast(scores, v.dtype), training=training)
+        outputs = ops.einsum("bhqk,bkhd->bqhd", probs, v)
+        return outputs, scores
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape)
+
+    def compute_output_spec(self, inputs, return_attention_scores=False, **kwargs):
+        outputs = keras.KerasTensor(inputs.shape, dtype=self.compute_dtype)
+        if not return_attention_scores:
+            return outputs
+        batch, tokens = inputs.shape[0], inputs.shape[1]
+        scores = keras.KerasTensor((batch, self.num_heads, tokens, tokens), dtype="float32")
+        return outputs, scores
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "num_heads": self.num_heads,
+                "key_dim": self.key_dim,
+                "dropout": self.dropout,
+                "use_bias": self.use_bias,
+            }
+        )
+        return config

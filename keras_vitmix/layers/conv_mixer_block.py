@@ -1,0 +1,77 @@
+"""ConvMixer block: depthwise convolution mixes space, pointwise convolution mixes channels.
+
+Trockman & Kolter, "Patches Are All You Need?", TMLR 2023
+(https://arxiv.org/abs/2201.09792): Residual(DepthwiseConv -> act -> BN), then
+PointwiseConv -> act -> BN, on the patch grid (B, h, w, D).
+"""
+
+import keras
+
+from keras_vitmix.layers._checks import check_positive_int
+
+
+@keras.saving.register_keras_serializable(package="keras_vitmix")
+class ConvMixerBlock(keras.layers.Layer):
+    """x + BN(act(DepthwiseConv(x))), then BN(act(Conv1x1(.))).
+
+    Args:
+        kernel_size: int, size of the depthwise kernel ("same" padding).
+        activation: activation name, "gelu" (the paper) or "relu" (timm's 768/32).
+        **kwargs: base layer keyword arguments.
+
+    Call arguments:
+        inputs: grid (B, h, w, D).
+        training: bool, BatchNorm uses batch statistics when True.
+
+    Returns:
+        Grid (B, h, w, D).
+
+    Example:
+
+    >>> ConvMixerBlock(kernel_size=5)(keras.ops.ones((2, 8, 8, 32))).shape
+    (2, 8, 8, 32)
+
+    Reference:
+        Trockman & Kolter, 2023, https://arxiv.org/abs/2201.09792
+    """
+
+    def __init__(self, kernel_size, activation="gelu", **kwargs):
+        super().__init__(**kwargs)
+        self.kernel_size = check_positive_int(kernel_size, "kernel_size")
+        self.activation = activation
+        keras.activations.get(activation)  # fails early on an unknown name
+        policy = self.dtype_policy
+        self.depthwise = keras.layers.DepthwiseConv2D(
+            kernel_size, padding="same", activation=activation, dtype=policy, name="depthwise"
+        )
+        # PyTorch's BatchNorm2d defaults (eps 1e-5, momentum 0.1), as in the paper's code.
+        self.depthwise_norm = keras.layers.BatchNormalization(
+            epsilon=1e-5, momentum=0.9, dtype=policy, name="depthwise_norm"
+        )
+        self.pointwise_norm = keras.layers.BatchNormalization(
+            epsilon=1e-5, momentum=0.9, dtype=policy, name="pointwise_norm"
+        )
+
+    def build(self, input_shape):
+        if len(input_shape) != 4:
+            raise ValueError(
+                "ConvMixerBlock expects a grid (batch, height, width, dim). "
+                f"Received: input_shape={tuple(input_shape)}"
+            )
+        self.pointwise = keras.layers.Conv2D(
+            input_shape[-1], 1, activation=self.activation, dtype=self.dtype_policy, name="pointwise"
+        )
+        for layer in (self.depthwise, self.depthwise_norm, self.pointwise, self.pointwise_norm):
+            layer.build(input_shape)
+
+    def call(self, inputs, training=None):
+        x = inputs + self.depthwise_norm(self.depthwise(inputs), training=training)
+        return self.pointwise_norm(self.pointwise(x), training=training)
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"kernel_size": self.kernel_size, "activation": self.activation})
+        return config
