@@ -189,11 +189,51 @@ def constructor_config(cls, arguments):
 class Application(keras.Model):
     """Base of the families: a functional model that keeps its constructor arguments."""
 
+    _MODEL_KWARGS = ("dtype", "trainable")
+
     def _finish(self, inputs, outputs, config, weights, name, **kwargs):
+        unknown = sorted(set(kwargs) - set(self._MODEL_KWARGS))
+        if unknown:
+            valid = sorted(config) + ["name", "weights", "input_tensor", *self._MODEL_KWARGS]
+            raise TypeError(
+                f"{type(self).__name__} got unexpected keyword arguments {unknown}. "
+                f"Valid arguments: {', '.join(valid)}"
+            )
         super().__init__(inputs=inputs, outputs=outputs, name=name, **kwargs)
         self._config = config
         if weights is not None:
             self.load_weights(weights)
+
+    def call(self, inputs, training=None, mask=None, **kwargs):
+        # Keras only warns on a mismatched functional input, and the normalization
+        # would broadcast one channel to three: refuse instead.
+        expected = tuple(self.inputs[0].shape[1:])
+        received = tuple(inputs.shape[1:])
+        if len(received) != len(expected) or any(
+            e is not None and r is not None and e != r for e, r in zip(expected, received)
+        ):
+            raise ValueError(
+                f"{type(self).__name__} '{self.name}' expects images of shape "
+                f"{(None, *expected)} (batch, height, width, channels). Received: images of "
+                f"shape {tuple(inputs.shape)}. Resize the images, or build the model with "
+                "another `input_shape`."
+            )
+        return super().call(inputs, training=training, mask=mask, **kwargs)
+
+    def get_compile_config(self):
+        # Keras records a backend's own optimizer class (e.g. module
+        # "keras.src.backend.torch.optimizers.torch_adam"), so a file compiled under
+        # torch would import torch when loaded under TensorFlow. Point it at the public,
+        # backend-neutral class so a saved model loads compiled under any backend.
+        config = super().get_compile_config()
+        optimizer = (config or {}).get("optimizer")
+        if (
+            isinstance(optimizer, dict)
+            and ".backend." in optimizer.get("module", "")
+            and hasattr(keras.optimizers, optimizer.get("class_name", ""))
+        ):
+            optimizer["module"] = "keras.optimizers"
+        return config
 
     def get_config(self):
         return {"name": self.name, "trainable": self.trainable, **self._config}

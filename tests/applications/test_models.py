@@ -1,0 +1,172 @@
+"""One suite over every registered model: a new variant is covered without a new test."""
+
+import inspect
+
+import keras
+import numpy as np
+import pytest
+
+from keras_vitmix.applications import create_model, list_models, model_info
+from tests.backend_utils import trainable_gradients
+
+# timm's parameter counts for the models of the same names.
+TIMM_PARAMS = {
+    "vit_tiny_patch16_224": 5_717_416,
+    "vit_small_patch16_224": 22_050_664,
+    "vit_base_patch16_224": 86_567_656,
+    "mixer_s16_224": 18_528_264,
+    "mixer_b16_224": 59_880_472,
+    "convmixer_768_32": 21_110_248,
+    "convmixer_1536_20": 51_625_960,
+}
+LARGE = {name for name, count in TIMM_PARAMS.items() if count > 20_000_000}
+BATCH = 2
+
+
+def small_input_shape(name):
+    """The registered size, or a small one where the variant is ImageNet-size."""
+    config = model_info(name)["config"]
+    if "input_shape" in config:
+        return tuple(config["input_shape"])
+    patch = config.get("patch_size", 16)
+    return (2 * patch, 2 * patch, 3) if patch >= 14 else (4 * patch, 4 * patch, 3)
+
+
+def images(shape, seed=0):
+    return np.random.default_rng(seed).uniform(0, 255, (BATCH, *shape)).astype("float32")
+
+
+def params(name):
+    marks = [pytest.mark.slow] if name in LARGE else []
+    return pytest.param(name, marks=marks, id=name)
+
+
+ALL = [params(n) for n in list_models()]
+
+
+@pytest.fixture(scope="module", params=ALL)
+def built(request):
+    """(name, model at a small input size with 7 classes, input batch)."""
+    name = request.param
+    shape = small_input_shape(name)
+    model = create_model(name, input_shape=shape, classes=7)
+    yield name, model, images(shape)
+    keras.backend.clear_session()
+
+
+def test_registry_is_complete():
+    names = set(list_models())
+    assert set(TIMM_PARAMS) <= names
+    assert "convmixer_256_8" in names
+    families = {model_info(n)["family"].__name__ for n in names}
+    assert families == {"ViT", "MLPMixer", "ConvMixer", "HybridMixerViT", "HybridConvMixerMixer"}
+    for family in families:  # a CIFAR-size and a seed config of every family
+        sizes = [model_info(n)["config"].get("input_shape") for n in names if model_info(n)["family"].__name__ == family]
+        assert (32, 32, 3) in sizes or family in ("HybridMixerViT",) and (32, 32, 3) in sizes
+    seeds = [n for n in names if n.startswith("seed_")]
+    assert len(seeds) == 5
+
+
+@pytest.mark.parametrize("name", [params(n) for n in TIMM_PARAMS])
+def test_parameter_count_matches_timm(name):
+    model = create_model(name)
+    assert model.input_shape == (None, 224, 224, 3)
+    trainable = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
+    assert trainable == TIMM_PARAMS[name]
+    keras.backend.clear_session()
+
+
+def test_output_is_finite_probabilities(built):
+    name, model, x = built
+    y = keras.ops.convert_to_numpy(model(x))
+    assert y.shape == (BATCH, 7)
+    assert np.all(np.isfinite(y))
+    np.testing.assert_allclose(y.sum(axis=-1), 1.0, atol=1e-5)
+    # predict() agrees with the eager call.
+    np.testing.assert_allclose(model.predict(x, verbose=0), y, atol=1e-5)
+
+
+def test_every_weight_gets_a_gradient(built):
+    name, model, x = built
+    grads = trainable_gradients(model, x, np.arange(BATCH) % 7)
+    assert len(grads) == len(model.trainable_weights)
+    for weight, grad in zip(model.trainable_weights, grads):
+        assert grad is not None, weight.path
+        assert np.all(np.isfinite(grad)), weight.path
+        assert np.any(grad != 0), f"{weight.path} gets a zero gradient"
+
+
+def test_config_round_trip(built):
+    name, model, x = built
+    config = model.get_config()
+    family = type(model)
+    signature = set(inspect.signature(family.__init__).parameters) - {"self", "kwargs", "weights", "input_tensor"}
+    assert set(config) == signature | {"trainable"}
+    clone = family.from_config(config)
+    assert clone.get_config() == config
+    assert clone.count_params() == model.count_params()
+    assert [w.shape for w in clone.weights] == [w.shape for w in model.weights]
+
+
+def test_keras_save_and_load(built, tmp_path):
+    name, model, x = built
+    path = tmp_path / f"{name}.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    assert type(loaded) is type(model)
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(loaded(x)), keras.ops.convert_to_numpy(model(x)), atol=1e-6
+    )
+
+
+def _feature_shapes(name, shape):
+    """Expected (pooled, unpooled) output shapes of include_top=False."""
+    config = model_info(name)["config"]
+    family = model_info(name)["family"].__name__
+    dim = config["hidden_dim"]
+    patch = config.get("patch_size", 16)
+    grid = (shape[0] // patch, shape[1] // patch)
+    if family == "ConvMixer":
+        return (BATCH, dim), (BATCH, *grid, dim)
+    tokens = grid[0] * grid[1] + int(config.get("use_class_token", family == "ViT"))
+    return (BATCH, dim), (BATCH, tokens, dim)
+
+
+def test_include_top_false_with_each_pooling(built):
+    name, model, x = built
+    shape = x.shape[1:]
+    pooled, unpooled = _feature_shapes(name, shape)
+    base = {**model.get_config(), "include_top": False}
+    allowed = ["avg", "max", None] + (["token"] if base.get("use_class_token") else [])
+    for pooling in allowed:
+        features = type(model).from_config({**base, "pooling": pooling})
+        features.set_weights(_shared_weights(features, model))
+        out = keras.ops.convert_to_numpy(features(x))
+        assert out.shape == (unpooled if pooling is None else pooled), pooling
+        assert np.all(np.isfinite(out))
+    # Pooled features feed the head: the full model equals head(features).
+    default = base.get("pooling")
+    features = type(model).from_config({**base, "pooling": default})
+    features.set_weights(_shared_weights(features, model))
+    head = model.get_layer("head")
+    logits = head(features(x))
+    probs = keras.ops.convert_to_numpy(keras.ops.softmax(logits, axis=-1))
+    np.testing.assert_allclose(probs, keras.ops.convert_to_numpy(model(x)), atol=1e-5)
+
+
+def _shared_weights(features, model):
+    """The full model's weights minus the head's, in the feature model's order."""
+    by_path = {w.path: w for w in model.weights}
+    return [keras.ops.convert_to_numpy(by_path[w.path]) for w in features.weights]
+
+
+def test_input_shape_and_classes_overrides(built):
+    name, model, x = built
+    shape = x.shape[1:]
+    bigger = (2 * shape[0], 2 * shape[1], 3)
+    other = create_model(name, input_shape=bigger, classes=3, classifier_activation=None)
+    assert other.input_shape == (None, *bigger)
+    assert other.output_shape == (None, 3)
+    out = keras.ops.convert_to_numpy(other(images(bigger)))
+    assert out.shape == (BATCH, 3) and np.all(np.isfinite(out))
+    assert other.name == name
