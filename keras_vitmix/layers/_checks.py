@@ -27,8 +27,12 @@ def to_pair(value, name):
     """Normalizes an int or a pair of ints to a tuple of two positive ints."""
     if isinstance(value, numbers.Integral) and not isinstance(value, bool):
         value = (value, value)
-    if not isinstance(value, (tuple, list)) or len(value) != 2:
+    if (
+        not isinstance(value, (tuple, list))
+        or len(value) != 2
+        or any(isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1 for v in value)
+    ):
         raise ValueError(
-            f"`{name}` must be an int or a tuple of 2 ints. Received: {name}={value!r}"
+            f"`{name}` must be a positive int or a tuple of 2 positive ints. Received: {name}={value!r}"
         )
-    return tuple(check_positive_int(v, name) for v in value)
+    return tuple(int(v) for v in value)

@@ -1,0 +1,373 @@
+"""matplotlib figures. Every function returns a `matplotlib.figure.Figure` and never calls
+`show()`; save one with `fig.savefig(path)`. The Agg backend is used when no display is
+set, so this works on servers and in tests.
+"""
+
+import os
+
+import numpy as np
+
+
+def _pyplot():
+    import matplotlib
+
+    if not os.environ.get("DISPLAY") and "MPLBACKEND" not in os.environ:
+        matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def training_curves(history):
+    """Loss and accuracy, train and validation, by epoch.
+
+    Args:
+        history: a `keras.callbacks.History`, its `.history` dict, or a dict of lists
+            as read from the CSV log (keys "loss", "val_loss", "accuracy", ...).
+
+    Returns:
+        A Figure with two axes: loss, accuracy.
+    """
+    history = getattr(history, "history", history)
+    plt = _pyplot()
+    fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
+    epochs = np.arange(1, len(history.get("loss", [])) + 1)
+    for ax, key, title in ((loss_ax, "loss", "loss"), (acc_ax, "accuracy", "accuracy")):
+        for prefix, label, style in (("", "train", "-o"), ("val_", "validation", "-s")):
+            values = history.get(prefix + key)
+            if values is not None and len(values):
+                ax.plot(epochs[: len(values)], values, style, markersize=3, label=label)
+        ax.set_xlabel("epoch")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    return fig
+
+
+def confusion_matrix(labels, predictions, class_names):
+    """A confusion matrix (rows: true class, columns: predicted), counts in each cell.
+
+    Args:
+        labels: int array (N,) of true classes.
+        predictions: int array (N,) of predicted classes.
+        class_names: sequence of names, in label order.
+
+    Returns:
+        A Figure with one axis.
+    """
+    labels = np.asarray(labels).astype(int)
+    predictions = np.asarray(predictions).astype(int)
+    n = len(class_names)
+    matrix = np.zeros((n, n), dtype=int)
+    np.add.at(matrix, (labels, predictions), 1)
+    plt = _pyplot()
+    size = max(4.0, 0.45 * n + 2)
+    fig, ax = plt.subplots(figsize=(size, size), constrained_layout=True)
+    ax.imshow(matrix, cmap="Blues")
+    ax.set_xticks(range(n), class_names, rotation=45, ha="right")
+    ax.set_yticks(range(n), class_names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    accuracy = np.trace(matrix) / max(1, matrix.sum())
+    ax.set_title(f"accuracy {accuracy:.2%} on {matrix.sum()} images")
+    if n <= 20:
+        threshold = matrix.max() / 2
+        for i in range(n):
+            for j in range(n):
+                color = "white" if matrix[i, j] > threshold else "black"
+                ax.text(j, i, matrix[i, j], ha="center", va="center", color=color, fontsize=8)
+    fig.matrix = matrix
+    return fig
+
+
+# Attention and token-mixing figures (see `keras_vitmix.inspection` for the numbers).
+
+
+def _image(image):
+    """One image (H, W, C) or (H, W) with values in [0, 255] as floats in [0, 1] for imshow."""
+    image = np.asarray(image, dtype=np.float32)
+    image = image[0] if image.ndim == 4 and image.shape[0] == 1 else image
+    if image.ndim == 3 and image.shape[-1] == 1:
+        image = image[..., 0]
+    if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[-1] not in (3, 4)):
+        raise ValueError(f"Expected one image (height, width[, channels]). Received: shape {image.shape}")
+    return np.clip(image / 255.0, 0.0, 1.0)
+
+
+def _heads(scores, layer=-1, sample=0):
+    """The scores of one layer and one sample, (heads, N, N), from any accepted form."""
+    if isinstance(scores, dict) and layer in scores:
+        scores = scores[layer]
+    elif isinstance(scores, (dict, list, tuple)):
+        from keras_vitmix.inspection import _score_layers
+
+        layers, n = _score_layers(scores), len(scores)
+        if isinstance(layer, str) or not -n <= layer < n:
+            raise ValueError(f"`layer` must be a key of `scores` or an index in [{-n}, {n - 1}]. "
+                             f"Received: layer={layer!r}")
+        scores = layers[layer]
+    s = np.asarray(scores, dtype=np.float32)
+    s = s[sample] if s.ndim == 4 else (s[None] if s.ndim == 2 else s)
+    if s.ndim != 3 or s.shape[-1] != s.shape[-2]:
+        raise ValueError(f"Expected scores (batch, heads, N, N), (heads, N, N) or (N, N). Received: shape {s.shape}")
+    return s
+
+
+def _pick_head(heads, head):
+    """(H, ...) -> the mean over heads when `head` is None, else that head."""
+    if head is None:
+        return heads.mean(axis=0)
+    if isinstance(head, bool) or not isinstance(head, (int, np.integer)) or not 0 <= head < len(heads):
+        raise ValueError(f"`head` must be None or an int in [0, {len(heads) - 1}]. Received: head={head!r}")
+    return heads[head]
+
+
+def _query_index(query, grid_shape):
+    """A patch index in [0, h * w) from an int or a (row, col) pair."""
+    h, w = grid_shape
+    if isinstance(query, (tuple, list)) and len(query) == 2 and all(0 <= q < s for q, s in zip(query, (h, w))):
+        return int(query[0]) * w + int(query[1])
+    if isinstance(query, (int, np.integer)) and not isinstance(query, bool) and 0 <= query < h * w:
+        return int(query)
+    raise ValueError(
+        f"`query` must be a patch index in [0, {h * w - 1}] or (row, col) within the grid {tuple(grid_shape)}. "
+        f"Received: query={query!r}"
+    )
+
+
+def _query_maps(heads, grid_shape, num_prefix_tokens):
+    """(H, N, N) -> (H, M, h, w): each patch query's attention over the patch keys."""
+    tokens, (h, w) = heads.shape[-1], grid_shape
+    if tokens != num_prefix_tokens + h * w:
+        raise ValueError(
+            "The scores do not match the grid: N must be num_prefix_tokens + h * w. "
+            f"Received: N={tokens}, grid_shape={tuple(grid_shape)}, num_prefix_tokens={num_prefix_tokens}"
+        )
+    p = num_prefix_tokens
+    return heads[:, p:, p:].reshape(len(heads), h * w, h, w)
+
+
+def _upsample(grid, size):
+    """Nearest-neighbour resize of a (h, w) map to `size` = (H, W)."""
+    rows = np.arange(size[0]) * grid.shape[0] // size[0]
+    cols = np.arange(size[1]) * grid.shape[1] // size[1]
+    return grid[rows][:, cols]
+
+
+def _overlay(ax, image, heat, query=None, grid_shape=None, title=None):
+    """Image with a heat map on top and, for a query patch, a rectangle around it."""
+    from matplotlib.patches import Rectangle
+
+    ax.imshow(image, cmap="gray")
+    ax.imshow(_upsample(heat, image.shape[:2]), cmap="inferno", alpha=0.6, vmin=0, vmax=max(float(heat.max()), 1e-12))
+    if query is not None:
+        ph, pw = image.shape[0] / grid_shape[0], image.shape[1] / grid_shape[1]
+        row, col = divmod(query, grid_shape[1])
+        ax.add_patch(Rectangle((col * pw - 0.5, row * ph - 0.5), pw, ph, fill=False, edgecolor="cyan", linewidth=2))
+    ax.set_title(title or "", fontsize=9)
+    ax.axis("off")
+
+
+def _grid_figure(count, max_cols, tile=1.6):
+    """A figure with `count` axes on a grid of at most `max_cols` columns."""
+    cols = min(count, max_cols)
+    rows = -(-count // cols)
+    fig, axes = _pyplot().subplots(rows, cols, figsize=(tile * cols, tile * rows), squeeze=False)
+    for ax in axes.ravel()[count:]:
+        fig.delaxes(ax)
+    return fig, axes.ravel()[:count]
+
+
+def image_patches(image, patch_size):
+    """The image cut into its patch grid, one small axis per patch (ViT's first step).
+
+    Args:
+        image: array (H, W, C) or (H, W), pixel values in [0, 255].
+        patch_size: int or (int, int), must divide the image size.
+
+    Returns:
+        A Figure with h * w axes, row-major like the tokens.
+
+    Example:
+
+    >>> fig = image_patches(np.zeros((32, 32, 3), np.uint8), 8)  # 16 axes
+    """
+    from keras_vitmix.layers._checks import to_pair
+
+    image, (ph, pw) = _image(image), to_pair(patch_size, "patch_size")
+    if image.shape[0] % ph or image.shape[1] % pw:
+        raise ValueError(f"The patch size must divide the image size. Received: patch_size={patch_size}, "
+                         f"image size={image.shape[:2]}")
+    h, w = image.shape[0] // ph, image.shape[1] // pw
+    fig, axes = _grid_figure(h * w, w, tile=min(1.0, 8.0 / w))
+    for i, ax in enumerate(axes):
+        row, col = divmod(i, w)
+        ax.imshow(image[row * ph:(row + 1) * ph, col * pw:(col + 1) * pw], cmap="gray", vmin=0, vmax=1)
+        ax.axis("off")
+    return fig
+
+
+def attention_map(scores, layer=-1, head=None, sample=0):
+    """The N x N attention map of one layer (one head, or the mean of the heads).
+
+    Args:
+        scores: (B, heads, N, N), (heads, N, N) or (N, N), or a list/dict of per-layer
+            arrays as returned by `inspection.attention_model(...).predict`.
+        layer: index, or dict key (e.g. "block_1"), of the layer when `scores` holds several.
+        head: int head index, or None for the mean over heads.
+        sample: index in the batch.
+
+    Returns:
+        A Figure with two axes: the map (rows: queries, columns: keys), its colorbar.
+
+    Example:
+
+    >>> fig = attention_map(np.full((1, 2, 5, 5), 0.2), head=1)
+    """
+    matrix = _pick_head(_heads(scores, layer, sample), head)
+    fig, ax = _pyplot().subplots(figsize=(5, 4.2), constrained_layout=True)
+    fig.colorbar(ax.imshow(matrix, cmap="viridis", vmin=0), ax=ax, label="attention weight")
+    ax.set_xlabel("key token")
+    ax.set_ylabel("query token")
+    label = "mean of heads" if head is None else f"head {head}"
+    ax.set_title(f"{layer}, {label}" if isinstance(layer, str) else label)
+    return fig
+
+
+def query_attention(image, scores, query, grid_shape, head=None, num_prefix_tokens=0, layer=-1):
+    """Where one query patch looks: its attention over the patches, on the image.
+
+    Args:
+        image: array (H, W, C) or (H, W), pixel values in [0, 255].
+        scores: one layer's scores (see `attention_map`; the first image of a batch),
+            or several layers with `layer`.
+        query: patch index in [0, h * w) or (row, col).
+        grid_shape: (h, w), the patch grid.
+        head: int head, or None for the mean over heads.
+        num_prefix_tokens: leading class/distillation tokens in the scores.
+        layer: the layer when `scores` holds several.
+
+    Returns:
+        A Figure with one axis: the image, the heat map upsampled to its size, and the
+        query patch outlined.
+
+    Example:
+
+    >>> fig = query_attention(np.zeros((8, 8)), np.full((4, 4), 0.25), 0, (2, 2))
+    """
+    query = _query_index(query, grid_shape)
+    heat = _pick_head(_query_maps(_heads(scores, layer), grid_shape, num_prefix_tokens)[:, query], head)
+    fig, ax = _pyplot().subplots(figsize=(4, 4), constrained_layout=True)
+    label = "mean of heads" if head is None else f"head {head}"
+    _overlay(ax, _image(image), heat, query, grid_shape, f"query patch {query}, {label}")
+    return fig
+
+
+def attention_heads(image, scores, query, grid_shape, num_prefix_tokens=0, layer=-1):
+    """`query_attention` for every head of one layer, side by side.
+
+    Args:
+        image, scores, query, grid_shape, num_prefix_tokens, layer: as in
+            `query_attention`.
+
+    Returns:
+        A Figure with one axis per head.
+
+    Example:
+
+    >>> fig = attention_heads(np.zeros((8, 8)), np.full((1, 3, 4, 4), 0.25), 0, (2, 2))
+    """
+    query = _query_index(query, grid_shape)
+    maps = _query_maps(_heads(scores, layer), grid_shape, num_prefix_tokens)[:, query]
+    fig, axes = _grid_figure(len(maps), 4, tile=2.4)
+    for h, (ax, heat) in enumerate(zip(axes, maps)):
+        _overlay(ax, _image(image), heat, query, grid_shape, f"head {h}")
+    return fig
+
+
+def rollout_overlay(image, rollout, grid_shape, sample=0):
+    """Attention rollout on the image: the class token's row (patch columns) or, without
+    a class token, the mean over all queries.
+
+    Args:
+        image: array (H, W, C) or (H, W), pixel values in [0, 255].
+        rollout: (B, N, N) or (N, N) from `inspection.attention_rollout`; N is h * w,
+            or 1 + h * w with a class token first.
+        grid_shape: (h, w), the patch grid.
+        sample: index in the batch.
+
+    Returns:
+        A Figure with two axes: the image, the rollout over it.
+
+    Example:
+
+    >>> fig = rollout_overlay(np.zeros((8, 8)), np.eye(5), (2, 2))
+    """
+    rollout = np.asarray(rollout, dtype=np.float32)
+    rollout = rollout[sample] if rollout.ndim == 3 else rollout
+    (h, w), tokens = grid_shape, rollout.shape[-1]
+    if rollout.ndim != 2 or tokens - h * w not in (0, 1):
+        raise ValueError(f"`rollout` must be (B, N, N) or (N, N) with N = h * w [+ 1]. "
+                         f"Received: shape {rollout.shape}, grid_shape={tuple(grid_shape)}")
+    heat = rollout[0, 1:] if tokens == h * w + 1 else rollout.mean(axis=0)
+    fig, (left, right) = _pyplot().subplots(1, 2, figsize=(7, 3.6), constrained_layout=True)
+    image = _image(image)
+    left.imshow(image, cmap="gray")
+    left.set_title("image", fontsize=9)
+    left.axis("off")
+    _overlay(right, image, heat.reshape(h, w), title="attention rollout")
+    return fig
+
+
+def attention_distance(distances):
+    """Mean attention distance by depth, one point per head (ViT paper, figure 7).
+
+    Args:
+        distances: (layers, heads) or (heads,) in pixels, from
+            `inspection.mean_attention_distance`.
+
+    Returns:
+        A Figure with one axis: x = layer (1 = first), y = distance in pixels.
+
+    Example:
+
+    >>> fig = attention_distance(np.array([[10.0, 20.0], [30.0, 40.0]]))
+    """
+    distances = np.atleast_2d(np.asarray(distances, dtype=np.float32))
+    fig, ax = _pyplot().subplots(figsize=(5, 4), constrained_layout=True)
+    depth = np.arange(1, len(distances) + 1)
+    for head in range(distances.shape[1]):
+        ax.scatter(depth, distances[:, head], s=18, label=f"head {head}")
+    ax.set_xlabel("layer (network depth)")
+    ax.set_ylabel("mean attention distance (pixels)")
+    ax.set_xticks(depth)
+    ax.grid(alpha=0.3)
+    if distances.shape[1] <= 16:
+        ax.legend(fontsize=7, ncols=2)
+    return fig
+
+
+def token_mixing_tiles(weights, max_tiles=64):
+    """MLP-Mixer token-mixing weights, one patch-grid tile per hidden unit (Mixer, fig. 5).
+
+    Args:
+        weights: (units, h, w) from `inspection.token_mixing_weights`.
+        max_tiles: int, at most this many units are drawn (the first ones).
+
+    Returns:
+        A Figure with min(units, max_tiles) axes; red positive, blue negative.
+
+    Example:
+
+    >>> fig = token_mixing_tiles(np.random.randn(8, 4, 4))
+    """
+    weights = np.asarray(weights, dtype=np.float32)
+    if weights.ndim != 3:
+        raise ValueError(f"`weights` must be (units, h, w). Received: shape {weights.shape}")
+    weights = weights[:max_tiles]
+    fig, axes = _grid_figure(len(weights), int(np.ceil(np.sqrt(len(weights)))), tile=0.9)
+    for ax, tile in zip(axes, weights):
+        limit = max(float(np.abs(tile).max()), 1e-12)
+        ax.imshow(tile, cmap="RdBu_r", vmin=-limit, vmax=limit)
+        ax.axis("off")
+    return fig

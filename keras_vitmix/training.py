@@ -1,0 +1,391 @@
+"""The training recipe: AdamW + warmup-cosine, label smoothing, clipping, checkpoints.
+
+The recipe follows DeiT (Touvron et al., 2021, https://arxiv.org/abs/2012.12877) scaled
+down: AdamW with decoupled weight decay that spares norms, biases, position embeddings
+and class tokens; a linear warmup then cosine decay; label smoothing; gradient clipping.
+`train()` wires it to `keras_vitmix.datasets` and writes a run folder that a killed run
+resumes from (`keras.callbacks.BackupAndRestore`).
+"""
+
+import json
+import os
+import time
+import warnings
+
+import keras
+from keras import ops
+
+from keras_vitmix.training_callbacks import AtomicCheckpoint, EpochTimer, TrainingCurves
+
+# Variables named so are not decayed (LayerNorm/BatchNorm gamma/beta, biases, ...).
+NO_WEIGHT_DECAY = ("bias", "gamma", "beta", "position_embeddings", "class_token", "layer_scale")
+
+
+@keras.saving.register_keras_serializable(package="keras_vitmix")
+class ClassificationLoss(keras.losses.Loss):
+    """Cross-entropy with label smoothing for integer or one-hot (mixed) labels.
+
+    Args:
+        label_smoothing: float in [0, 1).
+        from_logits: bool, whether predictions are logits rather than probabilities.
+    """
+
+    def __init__(self, label_smoothing=0.1, from_logits=False, name="classification_loss", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.label_smoothing = float(label_smoothing)
+        self.from_logits = from_logits
+
+    def call(self, y_true, y_pred):
+        y_true = _one_hot_like(y_true, y_pred)
+        return keras.losses.categorical_crossentropy(
+            y_true, y_pred, from_logits=self.from_logits, label_smoothing=self.label_smoothing
+        )
+
+    def get_config(self):
+        return {**super().get_config(), "label_smoothing": self.label_smoothing, "from_logits": self.from_logits}
+
+
+def _one_hot_like(y_true, y_pred):
+    if len(y_true.shape) == len(y_pred.shape) and y_true.shape[-1] == y_pred.shape[-1]:
+        return ops.cast(y_true, y_pred.dtype)
+    labels = ops.reshape(ops.cast(y_true, "int32"), (-1,))
+    return ops.one_hot(labels, ops.shape(y_pred)[-1], dtype=y_pred.dtype)
+
+
+def _labels(y_true, y_pred):
+    """Integer labels from integer or one-hot (mixed: the larger share) labels."""
+    if len(y_true.shape) == len(y_pred.shape) and y_true.shape[-1] == y_pred.shape[-1]:
+        return ops.argmax(y_true, axis=-1)
+    return ops.reshape(ops.cast(y_true, "int32"), (-1,))
+
+
+@keras.saving.register_keras_serializable(package="keras_vitmix")
+def top1_accuracy(y_true, y_pred):
+    return ops.cast(ops.equal(_labels(y_true, y_pred), ops.argmax(y_pred, axis=-1)), "float32")
+
+
+@keras.saving.register_keras_serializable(package="keras_vitmix")
+def top5_accuracy(y_true, y_pred):
+    labels = ops.cast(_labels(y_true, y_pred), "int32")
+    return ops.cast(ops.in_top_k(labels, ops.cast(y_pred, "float32"), 5), "float32")
+
+
+def warmup_cosine(learning_rate, total_steps, warmup_steps):
+    """Linear warmup from 0 to `learning_rate`, then cosine decay to 0."""
+    warmup_steps = min(int(warmup_steps), max(int(total_steps) - 1, 0))
+    if warmup_steps == 0:
+        return keras.optimizers.schedules.CosineDecay(float(learning_rate), max(1, int(total_steps)))
+    return keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=0.0,
+        decay_steps=max(1, int(total_steps) - warmup_steps),
+        warmup_target=float(learning_rate),
+        warmup_steps=warmup_steps,
+    )
+
+
+def compile_for_training(
+    model,
+    total_steps,
+    learning_rate=1e-3,
+    weight_decay=0.05,
+    warmup_steps=None,
+    label_smoothing=0.1,
+    clipnorm=1.0,
+    jit_compile="auto",
+):
+    """Compiles `model` with the recipe.
+
+    Args:
+        model: a keras_vitmix model (softmax outputs).
+        total_steps: int, optimizer steps of the whole run (epochs x steps per epoch).
+        learning_rate: float, peak learning rate.
+        weight_decay: float, AdamW's decoupled weight decay.
+        warmup_steps: int, linear warmup; defaults to 10% of `total_steps`.
+        label_smoothing: float in [0, 1).
+        clipnorm: float or None, global gradient-norm clipping.
+        jit_compile: "auto", True (XLA under tensorflow and jax) or False.
+
+    Returns:
+        The model, compiled, with metrics "accuracy" (and "top5" for > 5 classes).
+    """
+    if jit_compile is True and keras.backend.backend() == "torch":
+        raise ValueError(
+            "XLA compilation is available under the tensorflow and jax backends, not torch. "
+            "Received: jit_compile=True with KERAS_BACKEND=torch"
+        )
+    if warmup_steps is None:
+        warmup_steps = max(1, total_steps // 10)
+    if clipnorm and _tf_replicas() > 1:
+        # Under tf.distribute, Keras clips each replica's gradients before summing them,
+        # which scales a clipped update by the replica count: leave clipping out instead.
+        warnings.warn(
+            f"Gradient clipping is off under a {_tf_replicas()}-replica tf.distribute strategy: "
+            f"Keras would clip per replica, before aggregation. Received: clipnorm={clipnorm}"
+        )
+        clipnorm = None
+    optimizer = keras.optimizers.AdamW(
+        learning_rate=warmup_cosine(learning_rate, total_steps, warmup_steps),
+        weight_decay=weight_decay,
+        global_clipnorm=clipnorm,
+    )
+    optimizer.exclude_from_weight_decay(var_names=list(NO_WEIGHT_DECAY))
+    metrics = [keras.metrics.MeanMetricWrapper(top1_accuracy, name="accuracy")]
+    if model.output_shape[-1] > 5:
+        metrics.append(keras.metrics.MeanMetricWrapper(top5_accuracy, name="top5"))
+    model.compile(
+        optimizer=optimizer,
+        loss=ClassificationLoss(label_smoothing=label_smoothing),
+        metrics=metrics,
+        jit_compile=jit_compile,
+    )
+    return model
+
+
+def _tf_replicas():
+    if keras.backend.backend() != "tensorflow":
+        return 1
+    import tensorflow as tf
+
+    return tf.distribute.get_strategy().num_replicas_in_sync
+
+
+def distribution_scope(distribute):
+    """A context for building and compiling under `distribute` ("data_parallel" or None)."""
+    import contextlib
+
+    if distribute in (None, "none"):
+        return contextlib.nullcontext()
+    if distribute != "data_parallel":
+        raise ValueError(f"`distribute` must be None or 'data_parallel'. Received: distribute={distribute!r}")
+    backend = keras.backend.backend()
+    if backend == "jax":
+        devices = keras.distribution.list_devices()
+        keras.distribution.set_distribution(keras.distribution.DataParallel(devices=devices))
+        return contextlib.nullcontext()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        # Every GPU, or else every logical CPU device (several only when configured).
+        devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
+        return tf.distribute.MirroredStrategy(devices=[d.name for d in devices]).scope()
+    raise ValueError(
+        "Data parallelism is supported under the jax (keras.distribution.DataParallel) and "
+        f"tensorflow (tf.distribute.MirroredStrategy) backends. Received: KERAS_BACKEND={backend}"
+    )
+
+
+def callbacks(output_dir, extra=()):
+    """Best and last checkpoints (atomic), resumable backup, CSV history, curves PNG, timing."""
+    return [
+        keras.callbacks.BackupAndRestore(os.path.join(output_dir, "backup")),
+        AtomicCheckpoint(os.path.join(output_dir, "model.keras"), monitor="val_accuracy", mode="max"),
+        AtomicCheckpoint(os.path.join(output_dir, "last.keras")),
+        keras.callbacks.CSVLogger(os.path.join(output_dir, "history.csv"), append=True),
+        TrainingCurves(os.path.join(output_dir, "history.csv"), os.path.join(output_dir, "curves.png")),
+        EpochTimer(),
+        *extra,
+    ]
+
+
+def write_json(path, payload):
+    """Writes JSON atomically: a temporary file moved into place."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as handle:
+        json.dump(payload, handle, indent=2, sort_keys=True)
+    os.replace(tmp, path)
+
+
+def now():
+    return time.perf_counter()
+
+
+def train(
+    model="hybrid_mixer_vit_cifar_patch4_32",
+    dataset="digits",
+    epochs=10,
+    batch_size=128,
+    image_size=None,
+    learning_rate=1e-3,
+    weight_decay=0.05,
+    warmup_epochs=1,
+    label_smoothing=0.1,
+    augment=True,
+    mixed_precision=False,
+    jit_compile="auto",
+    distribute=None,
+    output_dir="runs/train",
+    seed=0,
+    verbose="auto",
+    model_overrides=None,
+    extra_callbacks=(),
+):
+    """Trains a model on a dataset with the recipe and writes a run folder.
+
+    A run killed part-way resumes at the epoch it reached when called again with the
+    same `output_dir`.
+
+    Args:
+        model: a registered name, a `keras.Model`, or a `.keras` path.
+        dataset: "digits", a TFDS name or a folder (see `keras_vitmix.datasets.load`).
+        epochs: int >= 1.
+        batch_size: int >= 1.
+        image_size: int; defaults to the model's input size.
+        learning_rate, weight_decay, label_smoothing: the recipe's (see
+            `compile_for_training`); `warmup_epochs` of linear warmup.
+        augment: see `keras_vitmix.datasets.load` (training split only).
+        mixed_precision: bool, train under the "mixed_bfloat16" policy.
+        jit_compile: "auto", True (XLA; tensorflow and jax) or False.
+        distribute: None or "data_parallel".
+        output_dir: folder for model.keras (best by validation accuracy), last.keras,
+            history.csv, curves.png, metrics.json and the resumable backup/.
+        seed: int, seeds initialization, shuffling and augmentation.
+        verbose: Keras's fit verbosity ("auto" shows the progress bar).
+        model_overrides: dict of constructor arguments for a registered name.
+        extra_callbacks: more `keras.callbacks.Callback`s.
+
+    Returns:
+        The metrics dict written to metrics.json.
+    """
+    from keras_vitmix import datasets
+
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+        raise ValueError(f"`epochs` must be an integer >= 1. Received: epochs={epochs!r}")
+    os.makedirs(output_dir, exist_ok=True)
+    keras.utils.set_random_seed(seed)
+    if isinstance(model, str) and model.endswith(".keras"):
+        if not os.path.isfile(model):
+            raise ValueError(f"No such model file. Received: model={model!r}")
+        model = keras.saving.load_model(model, compile=False)
+    size = datasets.as_image_size(image_size) or _model_image_size(model)
+    load = dict(image_size=size, batch_size=batch_size, seed=seed)
+    train_ds, info = datasets.load(dataset, "train", augment=augment, **load)
+    val_ds, _ = datasets.load(dataset, "validation", **load)
+    test_ds, test_info = datasets.load(dataset, "test", **load)
+    previous_policy = keras.config.dtype_policy()
+    if mixed_precision:
+        keras.config.set_dtype_policy("mixed_bfloat16")
+    try:
+        with distribution_scope(distribute):
+            net = _build(model, size, info.num_classes, model_overrides)
+            steps = -(-info.num_examples // batch_size)
+            compile_for_training(
+                net, epochs * steps, learning_rate, weight_decay, warmup_epochs * steps,
+                label_smoothing, jit_compile=jit_compile,
+            )
+        resuming = os.path.isdir(os.path.join(output_dir, "backup"))
+        if not resuming and os.path.exists(os.path.join(output_dir, "history.csv")):
+            os.remove(os.path.join(output_dir, "history.csv"))  # a fresh run: no stale rows
+        run_callbacks = callbacks(output_dir, extra_callbacks)
+        start = now()
+        net.fit(
+            train_ds, validation_data=val_ds, epochs=epochs, callbacks=run_callbacks, verbose=verbose, shuffle=False
+        )
+        wall = now() - start
+        best = keras.saving.load_model(os.path.join(output_dir, "model.keras"))
+        scores = best.evaluate(test_ds, return_dict=True, verbose=0)
+    finally:
+        keras.config.set_dtype_policy(previous_policy)
+        if distribute and keras.backend.backend() == "jax":
+            keras.distribution.set_distribution(None)
+    times = next(c for c in run_callbacks if isinstance(c, EpochTimer)).times
+    per_epoch = sum(times) / max(1, len(times))
+    metrics = {
+        "model": net.name,
+        "family": type(net).__name__,
+        "dataset": info.name,
+        "backend": keras.backend.backend(),
+        "test_split": test_info.note,
+        "test_examples": test_info.num_examples,
+        "test_accuracy": float(scores["accuracy"]),
+        "test_loss": float(scores["loss"]),
+        "parameters": int(net.count_params()),
+        "epochs": epochs,
+        "epochs_run_now": len(times),
+        "resumed": resuming,
+        "image_size": list(size),
+        "batch_size": batch_size,
+        "seconds_per_epoch": per_epoch,
+        "images_per_second": info.num_examples / per_epoch if per_epoch else None,
+        "wall_seconds": wall,
+    }
+    if "top5" in scores:
+        metrics["test_top5"] = float(scores["top5"])
+    write_json(os.path.join(output_dir, "metrics.json"), metrics)
+    print(
+        f"{metrics['model']} on {info.name}: test accuracy {metrics['test_accuracy']:.2%} "
+        f"({test_info.num_examples} images), {metrics['parameters']:,} parameters, {epochs} epochs, "
+        f"{per_epoch:.1f} s/epoch, {metrics['images_per_second'] or 0:.0f} images/s -> {output_dir}"
+    )
+    return metrics
+
+
+def _model_image_size(model):
+    if isinstance(model, keras.Model):
+        return tuple(model.input_shape[1:3])
+    from keras_vitmix.applications import model_info
+
+    shape = model_info(model)["config"].get("input_shape", (224, 224, 3))
+    return tuple(shape[:2])
+
+
+def _build(model, size, num_classes, overrides):
+    from keras_vitmix.applications import create_model
+
+    if isinstance(model, keras.Model):
+        if model.output_shape[-1] != num_classes:
+            raise ValueError(
+                f"The model has {model.output_shape[-1]} classes and the dataset {num_classes}. "
+                "Build the model with `classes` equal to the dataset's."
+            )
+        return model
+    overrides = dict(overrides or {})
+    if overrides.get("classes", num_classes) != num_classes:
+        raise ValueError(
+            f"The model has {overrides['classes']} classes and the dataset {num_classes}. "
+            f"Received: classes={overrides['classes']}"
+        )
+    overrides.update(classes=num_classes, input_shape=(*size, 3))
+    return create_model(model, **overrides)
+
+
+def evaluate(model, dataset, split="test", batch_size=128, output_dir=None):
+    """Accuracy of a saved model on a dataset split, and a confusion-matrix PNG.
+
+    Args:
+        model: a `.keras` path or a `keras.Model`.
+        dataset: "digits", a TFDS name or a folder.
+        split: "train", "validation" or "test".
+        batch_size: int >= 1.
+        output_dir: where to write confusion_matrix.png (default: the model's folder).
+
+    Returns:
+        {"accuracy", "examples", "confusion_matrix" (path), "split_note"}.
+    """
+    import numpy as np
+
+    from keras_vitmix import datasets, plotting
+
+    if isinstance(model, (str, os.PathLike)):
+        if not os.path.isfile(model):
+            raise ValueError(f"No such model file. Received: model={os.fspath(model)!r}")
+        output_dir = output_dir or os.path.dirname(os.path.abspath(model))
+        model = keras.saving.load_model(model, compile=False)
+    output_dir = output_dir or "."
+    ds, info = datasets.load(dataset, split, image_size=tuple(model.input_shape[1:3]), batch_size=batch_size)
+    if model.output_shape[-1] != info.num_classes:
+        raise ValueError(
+            f"The model has {model.output_shape[-1]} classes and the dataset {info.num_classes}."
+        )
+    labels, predictions = [], []
+    for images, batch_labels in ds:
+        probabilities = model.predict_on_batch(images)
+        predictions.append(np.argmax(keras.ops.convert_to_numpy(probabilities), axis=-1))
+        labels.append(np.asarray(batch_labels))
+    labels, predictions = np.concatenate(labels), np.concatenate(predictions)
+    os.makedirs(output_dir, exist_ok=True)
+    path = os.path.join(output_dir, "confusion_matrix.png")
+    fig = plotting.confusion_matrix(labels, predictions, info.class_names)
+    fig.savefig(path, dpi=100)
+    accuracy = float(np.mean(labels == predictions))
+    print(f"{model.name} on {info.name} ({split}, {len(labels)} images): accuracy {accuracy:.2%} -> {path}")
+    return {"accuracy": accuracy, "examples": int(len(labels)), "confusion_matrix": path, "split_note": info.note}

@@ -1,0 +1,88 @@
+"""Callbacks of the training recipe: atomic checkpoints, epoch timing, live curves."""
+
+import csv
+import os
+import time
+
+import keras
+
+
+class AtomicCheckpoint(keras.callbacks.Callback):
+    """Saves the model as `.keras` at each epoch end, or only when `monitor` improves.
+
+    The file is written beside the target and moved into place with `os.replace`, so a
+    run killed mid-save leaves the previous checkpoint intact.
+
+    Args:
+        path: target `.keras` path.
+        monitor: optional metric name (e.g. "val_accuracy"); None saves every epoch.
+        mode: "max" or "min", the direction in which `monitor` improves.
+    """
+
+    def __init__(self, path, monitor=None, mode="max"):
+        super().__init__()
+        self.path = path
+        self.monitor = monitor
+        self.mode = mode
+        self.best = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.monitor is not None:
+            value = (logs or {}).get(self.monitor)
+            if value is None:
+                return
+            better = self.best is None or (value > self.best if self.mode == "max" else value < self.best)
+            if not better:
+                return
+            self.best = value
+        tmp = f"{self.path[:-len('.keras')]}.tmp.keras"
+        self.model.save(tmp)
+        os.replace(tmp, self.path)
+
+
+class EpochTimer(keras.callbacks.Callback):
+    """Records the wall time of each epoch in `self.times` (seconds)."""
+
+    def on_train_begin(self, logs=None):
+        self.times = []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.times.append(time.perf_counter() - self._start)
+
+
+class TrainingCurves(keras.callbacks.Callback):
+    """Redraws the loss/accuracy curves PNG from the CSV history after every epoch,
+    so a resumed run's figure covers all its epochs."""
+
+    def __init__(self, csv_path, png_path):
+        super().__init__()
+        self.csv_path = csv_path
+        self.png_path = png_path
+
+    def on_epoch_end(self, epoch, logs=None):
+        history = read_history(self.csv_path)
+        if not history:
+            return
+        from keras_vitmix import plotting
+
+        fig = plotting.training_curves(history)
+        tmp = f"{self.png_path[:-4]}.tmp.png"
+        fig.savefig(tmp, dpi=100)
+        os.replace(tmp, self.png_path)
+        import matplotlib.pyplot as plt
+
+        plt.close(fig)
+
+
+def read_history(csv_path):
+    """The CSV log as {column: [floats]} ({} when there is none yet)."""
+    if not os.path.exists(csv_path):
+        return {}
+    with open(csv_path, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    if not rows:
+        return {}
+    return {key: [float(row[key]) for row in rows if row.get(key) not in (None, "")] for key in rows[0]}

@@ -1,0 +1,166 @@
+"""Writes the attention figures of a model for one image: the `keras-vitmix visualize`
+command and the demo call `write_attention_figures`."""
+
+import os
+
+import numpy as np
+
+from keras_vitmix.plotting import (  # noqa: F401  (package-private helpers)
+    _heads,
+    _image,
+    _overlay,
+    _pick_head,
+    _pyplot,
+    _query_index,
+    _query_maps,
+    _upsample,
+    attention_distance,
+    attention_heads,
+    attention_map,
+    image_patches,
+    query_attention,
+    rollout_overlay,
+    token_mixing_tiles,
+)
+
+
+def _model_image(model, image):
+    """Checks one image against the model's input; resizes it (with a warning) if needed."""
+    import warnings
+
+    from PIL import Image
+
+    height, width, channels = model.input_shape[1:]
+    array = np.asarray(image)
+    array = array[0] if array.ndim == 4 and array.shape[0] == 1 else array
+    array = array[..., None] if array.ndim == 2 else array
+    if array.ndim != 3 or not (np.issubdtype(array.dtype, np.number) or array.dtype == bool):
+        raise ValueError(f"`image` must be one image (height, width, channels) of numbers. "
+                         f"Received: shape {np.shape(image)}, dtype {array.dtype}")
+    if array.shape[-1] != channels:
+        raise ValueError(f"Model '{model.name}' takes {channels}-channel images. "
+                         f"Received: image of shape {array.shape} ({array.shape[-1]} channels)")
+    array = array.astype(np.float32)
+    if not np.isfinite(array).all() or array.min() < 0 or array.max() > 255:
+        raise ValueError(f"`image` values must be in [0, 255]. Received: range [{array.min()}, {array.max()}]")
+    if array.shape[:2] != (height, width):
+        warnings.warn(f"Resized the image from {array.shape[:2]} to the model's input size {(height, width)}.",
+                      stacklevel=3)
+        planes = [Image.fromarray(array[..., c]).resize((width, height), Image.BILINEAR) for c in range(channels)]
+        array = np.stack([np.asarray(p, np.float32) for p in planes], axis=-1)
+    return array
+
+
+def _animate(path, image, heads, grid_shape, num_prefix_tokens, head, dpi):
+    """A GIF stepping the query over every patch, one frame per patch."""
+    from matplotlib.animation import FuncAnimation, PillowWriter
+
+    maps = _query_maps(heads, grid_shape, num_prefix_tokens)  # (H, M, h, w)
+    maps = maps.mean(axis=0) if head is None else maps[head]  # (M, h, w)
+    fig = _pyplot().figure(figsize=(3, 3.2))
+    ax = fig.add_axes((0.0, 0.0, 1.0, 0.9))  # no layout engine: each frame redraws quickly
+    _overlay(ax, _image(image), maps[0], 0, grid_shape)
+    heat, box = ax.images[1], ax.patches[0]
+    ph, pw = image.shape[0] / grid_shape[0], image.shape[1] / grid_shape[1]
+
+    def frame(q):
+        heat.set_data(_upsample(maps[q], image.shape[:2]))
+        heat.set_clim(0, max(float(maps[q].max()), 1e-12))
+        row, col = divmod(q, grid_shape[1])
+        box.set_xy((col * pw - 0.5, row * ph - 0.5))
+        ax.set_title(f"query patch {q}", fontsize=9)
+        return heat, box
+
+    FuncAnimation(fig, frame, frames=len(maps)).save(path, writer=PillowWriter(fps=4), dpi=dpi)
+    _pyplot().close(fig)
+
+
+def _attention_figures(model, image, grid, layer, head, query):
+    """Checks the choices, runs the model once; returns [(file name, figure thunk)], GIF args."""
+    from keras_vitmix import inspection
+
+    scores = inspection.attention_model(model).predict(image[None], verbose=0)
+    names = sorted(scores, key=inspection._layer_index)
+    if layer is None:
+        layer = names[-1]
+    elif isinstance(layer, (int, np.integer)) and not isinstance(layer, bool) and -len(names) <= layer < len(names):
+        layer = names[layer]
+    elif layer not in names:
+        raise ValueError(f"`layer` must be an attention block name in {names} or an index in "
+                         f"[{-len(names)}, {len(names) - 1}]. Received: layer={layer!r}")
+    heads = _heads(scores, layer)
+    _pick_head(heads, head)  # checks `head`
+    h, w = grid.grid_shape
+    query = h // 2 * w + w // 2 if query is None else _query_index(query, grid.grid_shape)
+    args = (image, heads, query, grid.grid_shape)
+    prefix = grid.num_prefix_tokens
+    distances = inspection.mean_attention_distance(scores, grid.grid_shape, grid.patch_size, prefix)
+    figures = [
+        ("attention_map.png", lambda: attention_map(scores, layer, head)),
+        ("query_attention.png", lambda: query_attention(*args, head, prefix)),
+        ("attention_heads.png", lambda: attention_heads(*args, prefix)),
+        ("rollout.png", lambda: rollout_overlay(image, inspection.attention_rollout(scores), grid.grid_shape)),
+        ("attention_distance.png", lambda: attention_distance(distances)),
+    ]
+    return figures, (image, heads, grid.grid_shape, prefix, head)
+
+
+def write_attention_figures(model, image, output_dir, layer=None, head=None, query=None, animate=False, dpi=72):
+    """Writes the inspection figures of one image as PNG files (and optionally a GIF).
+
+    patches.png always; for attention models attention_map.png, query_attention.png,
+    attention_heads.png, rollout.png, attention_distance.png (and query_attention.gif
+    with `animate`); for models with MixerBlocks token_mixing.png (first MixerBlock).
+
+    Args:
+        model: a keras_vitmix model with a PatchEmbedding that takes pixel values in
+            [0, 255] (`include_preprocessing=True`).
+        image: one image (H, W, C), uint8 or float in [0, 255]; resized (with a
+            warning) to the model's input size when it differs.
+        output_dir: folder, created if missing.
+        layer: attention block name or index among the attention blocks; the last
+            one when None.
+        head: int head, or None for the mean over heads.
+        query: patch index or (row, col); the center patch when None.
+        animate: bool, also write a GIF stepping the query over every patch.
+        dpi: int, resolution of the files.
+
+    Returns:
+        The list of written paths.
+
+    Example:
+
+    >>> model = keras_vitmix.applications.create_model("seed_vit")
+    >>> paths = write_attention_figures(model, np.zeros((72, 72, 3), np.uint8), "/tmp/figures")
+    """
+    from keras_vitmix import inspection
+    from keras_vitmix.layers import MixerBlock, TransformerBlock
+
+    grid = inspection.patch_grid(model)
+    image = _model_image(model, image)
+    figures, animation = [("patches.png", lambda: image_patches(image, grid.patch_size))], None
+    if any(isinstance(layer_, TransformerBlock) for layer_ in model.layers):
+        more, animation = _attention_figures(model, image, grid, layer, head, query)
+        figures += more
+    elif layer is not None or head is not None:
+        raise ValueError(f"`layer` and `head` choose attention maps; model '{model.name}' has no attention. "
+                         f"Received: layer={layer!r}, head={head!r}")
+    if any(isinstance(layer_, MixerBlock) for layer_ in model.layers):
+        weights = inspection.token_mixing_weights(model, 0)
+        figures.append(("token_mixing.png", lambda: token_mixing_tiles(weights)))
+    if len(figures) == 1:
+        import warnings
+
+        warnings.warn(f"Model '{model.name}' has no attention and no MixerBlock: only the patches are drawn.",
+                      stacklevel=2)
+    os.makedirs(output_dir, exist_ok=True)
+    plt, paths = _pyplot(), []
+    for name, make in figures:
+        fig = make()
+        paths.append(os.path.join(output_dir, name))
+        fig.savefig(paths[-1], dpi=dpi)
+        plt.close(fig)
+    if animate and animation is not None:
+        paths.append(os.path.join(output_dir, "query_attention.gif"))
+        _animate(paths[-1], *animation, dpi=max(24, dpi // 2))
+    return paths

@@ -1,0 +1,215 @@
+import re
+
+import keras
+import numpy as np
+import pytest
+
+from keras_vitmix.layers import MultiHeadSelfAttention
+
+from . import _layer_checks as lc
+
+HEADS = 4
+SHAPE = (lc.BATCH, lc.TOKENS, lc.DIM)
+SCORES_SHAPE = (lc.BATCH, HEADS, lc.TOKENS, lc.TOKENS)
+
+
+def padding_mask(valid=(12, 9)):
+    """(B, N) booleans, True on the first `valid[b]` tokens of sample b."""
+    return np.arange(lc.TOKENS)[None, :] < np.asarray(valid)[:, None]
+
+
+def built_layer(seed=0, **kwargs):
+    layer = MultiHeadSelfAttention(HEADS, **kwargs)
+    layer.build(SHAPE)
+    lc.randomize_weights(layer, seed=seed)
+    return layer
+
+
+def call(layer, x, **kwargs):
+    outputs = layer(x, **kwargs)
+    if isinstance(outputs, tuple):
+        return tuple(lc.to_numpy(o) for o in outputs)
+    return lc.to_numpy(outputs)
+
+
+def reference_attention(layer, x, mask=None):
+    """NumPy re-computation from the layer's weights: qkv laid out (3, heads, head_dim)."""
+    wqkv, bqkv = (lc.to_numpy(w).astype("float64") for w in layer.qkv.weights)
+    wproj, bproj = (lc.to_numpy(w).astype("float64") for w in layer.proj.weights)
+    batch, tokens, _ = x.shape
+    head_dim = wqkv.shape[1] // (3 * HEADS)
+    qkv = (x.astype("float64") @ wqkv + bqkv).reshape(batch, tokens, 3, HEADS, head_dim)
+    q, k, v = (qkv[:, :, i].transpose(0, 2, 1, 3) for i in range(3))  # (B, H, N, d)
+    logits = q @ k.transpose(0, 1, 3, 2) / np.sqrt(head_dim)
+    if mask is not None:
+        logits = np.where(mask, logits, -np.inf)
+    scores = np.exp(logits - logits.max(-1, keepdims=True))
+    scores /= scores.sum(-1, keepdims=True)
+    out = (scores @ v).transpose(0, 2, 1, 3).reshape(batch, tokens, HEADS * head_dim)
+    return out @ wproj + bproj, scores
+
+
+class TestMultiHeadSelfAttentionLayer(lc.LayerTestCase):
+    def test_run_layer_test(self):
+        self.check_layer(
+            MultiHeadSelfAttention,
+            {"num_heads": HEADS, "dropout": 0.1},
+            input_shape=SHAPE,
+            expected_output_shape=SHAPE,
+            expected_num_trainable_weights=4,
+            expected_num_non_trainable_weights=0,
+        )
+
+    def test_run_layer_test_with_scores_key_dim_no_bias(self):
+        self.check_layer(
+            MultiHeadSelfAttention,
+            {"num_heads": HEADS, "key_dim": 6, "use_bias": False},
+            input_shape=SHAPE,
+            call_kwargs={"return_attention_scores": True},
+            expected_output_shape=(SHAPE, SCORES_SHAPE),
+            expected_output_dtype=("float32", "float32"),
+            expected_num_trainable_weights=2,
+            expected_num_non_trainable_weights=0,
+            # Keras's fit step calls the layer without `call_kwargs`, so it would compare
+            # a single output against the (outputs, scores) pair; the fit step runs in
+            # the test above.
+            run_training_check=False,
+        )
+
+
+@pytest.mark.parametrize("policy", lc.MIXED_POLICIES)
+@pytest.mark.parametrize(
+    "call_kwargs",
+    [{}, {"use_causal_mask": True}, {"attention_mask": padding_mask(), "return_attention_scores": True}],
+    ids=["fused", "fused_causal", "explicit_padding"],
+)
+def test_mixed_precision(policy, call_kwargs):
+    outputs = lc.check_mixed_precision(MultiHeadSelfAttention, {"num_heads": HEADS}, SHAPE, policy, call_kwargs)
+    if call_kwargs.get("return_attention_scores"):
+        scores = outputs[1]
+        assert scores.shape == SCORES_SHAPE
+        np.testing.assert_allclose(scores.sum(-1), 1.0, atol=1e-5)
+        assert np.abs(scores * ~padding_mask()[:, None, None, :]).max() < 1e-9
+
+
+def test_saved_model_roundtrip(tmp_path):
+    lc.check_saved_model_roundtrip(MultiHeadSelfAttention(HEADS, key_dim=6, dropout=0.1), SHAPE, tmp_path)
+
+
+def test_config_matches_signature():
+    lc.check_config_matches_signature(MultiHeadSelfAttention(HEADS, key_dim=6, dropout=0.1, use_bias=False))
+
+
+@pytest.mark.parametrize("key_dim, use_bias", [(None, True), (6, True), (None, False)])
+def test_parameter_count(key_dim, use_bias):
+    layer = MultiHeadSelfAttention(HEADS, key_dim=key_dim, use_bias=use_bias)
+    layer.build(SHAPE)
+    head_dim = key_dim or lc.DIM // HEADS
+    expected = lc.attention_param_count(lc.DIM, HEADS, head_dim, use_bias)
+    assert lc.count_params(layer.trainable_weights) == expected
+
+
+def test_key_dim_sets_head_size():
+    layer = MultiHeadSelfAttention(HEADS, key_dim=6)
+    out, scores = call(layer, lc.random_array(SHAPE), return_attention_scores=True)
+    assert tuple(layer.qkv.kernel.shape) == (lc.DIM, 3 * HEADS * 6)
+    assert tuple(layer.proj.kernel.shape) == (HEADS * 6, lc.DIM)
+    assert out.shape == SHAPE and scores.shape == SCORES_SHAPE
+    # key_dim lifts the divisibility requirement (dim 30, 4 heads).
+    odd = MultiHeadSelfAttention(HEADS, key_dim=6)
+    odd.build((lc.BATCH, lc.TOKENS, 30))
+    assert tuple(odd.proj.kernel.shape) == (HEADS * 6, 30)
+
+
+@pytest.mark.parametrize(
+    "mask_kind, causal",
+    [(None, False), (None, True), ("padding", False), ("padding", True), ("pairs", False)],
+)
+def test_fused_and_explicit_paths_agree_with_numpy(mask_kind, causal):
+    layer = built_layer(seed=1)
+    x = lc.random_array(SHAPE, seed=2)
+    mask = {None: None, "padding": padding_mask(), "pairs": None}[mask_kind]
+    if mask_kind == "pairs":
+        mask = np.random.default_rng(3).random((lc.BATCH, lc.TOKENS, lc.TOKENS)) < 0.6
+        mask |= np.eye(lc.TOKENS, dtype=bool)  # no fully masked query row
+    kwargs = {"attention_mask": mask, "use_causal_mask": causal}
+    fused = call(layer, x, **kwargs)
+    explicit, scores = call(layer, x, return_attention_scores=True, **kwargs)
+    np.testing.assert_allclose(fused, explicit, atol=1e-5)
+
+    full = np.ones((lc.BATCH, 1, lc.TOKENS, lc.TOKENS), bool)
+    if mask is not None:
+        full = full & (mask[:, None, None, :] if mask.ndim == 2 else mask[:, None])
+    if causal:
+        full = full & np.tril(np.ones((lc.TOKENS, lc.TOKENS), bool))
+    ref_out, ref_scores = reference_attention(layer, x, full)
+    np.testing.assert_allclose(scores, ref_scores, atol=1e-5)
+    np.testing.assert_allclose(explicit, ref_out, atol=1e-5)
+    np.testing.assert_allclose(scores.sum(-1), 1.0, atol=1e-5)
+
+
+def test_scores_shape_dtype_and_rows():
+    out, scores = MultiHeadSelfAttention(HEADS)(lc.random_array(SHAPE), return_attention_scores=True)
+    assert tuple(out.shape) == SHAPE
+    assert tuple(scores.shape) == SCORES_SHAPE
+    assert keras.backend.standardize_dtype(scores.dtype) == "float32"
+    scores = lc.to_numpy(scores)
+    np.testing.assert_allclose(scores.sum(-1), 1.0, atol=1e-5)
+    assert (scores >= 0).all()
+
+
+def test_causal_mask_zeroes_future():
+    x = lc.random_array(SHAPE)
+    _, scores = call(built_layer(), x, use_causal_mask=True, return_attention_scores=True)
+    above = np.triu(np.ones((lc.TOKENS, lc.TOKENS), bool), k=1)
+    assert np.abs(scores[..., above]).max() < 1e-9
+    np.testing.assert_allclose(scores[..., 0, 0], 1.0, atol=1e-6)  # first token sees itself only
+
+
+def test_padding_mask_ignores_masked_tokens():
+    layer = built_layer(seed=4)
+    mask = padding_mask()
+    x = lc.random_array(SHAPE, seed=5)
+    out, scores = call(layer, x, attention_mask=mask, return_attention_scores=True)
+    assert np.abs(scores * ~mask[:, None, None, :]).max() < 1e-9
+
+    changed = np.where(mask[..., None], x, lc.random_array(SHAPE, seed=6, scale=10.0))
+    for kwargs in ({}, {"return_attention_scores": True}):  # fused and explicit paths
+        new = call(layer, changed, attention_mask=mask, **kwargs)
+        new = new[0] if kwargs else new
+        np.testing.assert_allclose(new[mask], out[mask], atol=1e-5)
+    assert not np.allclose(new[~mask], out[~mask], atol=1e-3)  # the masked ones did change
+
+
+def test_permutation_equivariance():
+    layer = built_layer(seed=7)
+    x = lc.random_array(SHAPE, seed=8)
+    perm = np.random.default_rng(9).permutation(lc.TOKENS)
+    np.testing.assert_allclose(call(layer, x[:, perm]), call(layer, x)[:, perm], atol=1e-5)
+
+
+def test_dropout_only_in_training():
+    layer = MultiHeadSelfAttention(HEADS, dropout=0.5)
+    x = lc.random_array(SHAPE, seed=10)
+    inference = call(layer, x)
+    np.testing.assert_allclose(call(layer, x, training=False), inference, atol=1e-6)
+    np.testing.assert_allclose(call(layer, x, return_attention_scores=True)[0], inference, atol=1e-5)
+    assert not np.allclose(call(layer, x, training=True), inference, atol=1e-3)
+
+
+def test_dim_not_divisible_by_heads_raises():
+    with pytest.raises(ValueError) as info:
+        MultiHeadSelfAttention(num_heads=5)(lc.random_array(SHAPE))
+    assert re.search(r"\b32\b", str(info.value)) and re.search(r"\b5\b", str(info.value)), info.value
+
+
+def test_bad_attention_mask_rank_raises():
+    with pytest.raises(ValueError, match="attention_mask"):
+        MultiHeadSelfAttention(HEADS)(lc.random_array(SHAPE), attention_mask=np.ones((lc.TOKENS,), bool))
+
+
+@pytest.mark.parametrize(
+    "name, value", [("num_heads", 0), ("num_heads", -2), ("key_dim", 0), ("dropout", -0.1), ("dropout", 1.0)]
+)
+def test_bad_arguments_raise(name, value):
+    lc.check_bad_argument(MultiHeadSelfAttention, {"num_heads": HEADS}, name, value)

@@ -1,0 +1,187 @@
+"""keras_vitmix.datasets: the embedded digits, folders (CIFAR-10 JPEGs), TFDS (mocked)."""
+
+import pathlib
+import tarfile
+
+import numpy as np
+import pytest
+
+from keras_vitmix import datasets
+
+SHARED = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-train-jpeg.tar.gz"
+CIFAR_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+PER_CLASS = 20
+
+
+def collect(ds):
+    images, labels = zip(*[(np.asarray(x), np.asarray(y)) for x, y in ds])
+    return np.concatenate(images), np.concatenate(labels)
+
+
+@pytest.fixture(scope="module")
+def cifar_folder(tmp_path_factory):
+    """The first PER_CLASS JPEGs of each class of ../shared/data, in train/<class>/."""
+    if not SHARED.exists():
+        pytest.skip(f"{SHARED} is missing")
+    root = tmp_path_factory.mktemp("cifar")
+    counts = {}
+    with tarfile.open(SHARED) as archive:
+        for member in archive:
+            parts = pathlib.PurePosixPath(member.name).parts
+            if not member.isfile() or len(parts) < 3 or parts[-3] != "train":
+                continue
+            label = parts[-2]
+            if counts.get(label, 0) < PER_CLASS:
+                counts[label] = counts.get(label, 0) + 1
+                target = root / "train" / label / parts[-1]
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(archive.extractfile(member).read())
+            if len(counts) == 10 and all(c == PER_CLASS for c in counts.values()):
+                break
+    return root
+
+
+def test_digits_split_is_fixed_stratified_and_real():
+    sizes = {}
+    data = {}
+    for split in datasets.SPLITS:
+        ds, info = datasets.load("digits", split, batch_size=100)
+        images, labels = collect(ds)
+        sizes[split] = len(labels)
+        data[split] = (images, labels)
+        assert info.num_examples == len(labels) and info.num_classes == 10
+        assert images.shape[1:] == (32, 32, 3) and images.dtype == np.float32
+        assert images.min() >= 0 and images.max() == 255
+        assert labels.dtype == np.int32
+        assert np.bincount(labels, minlength=10).min() >= 0.08 * len(labels)  # stratified
+        np.testing.assert_array_equal(images[..., 0], images[..., 2])  # gray as RGB
+    assert sizes == {"train": 1257, "validation": 180, "test": 360}
+    # Same split on every load (train is shuffled, so compare sorted label counts).
+    again = collect(datasets.load("digits", "test", batch_size=100)[0])
+    np.testing.assert_array_equal(again[1], data["test"][1])
+    # Real, aligned data: a linear classifier on the pixels generalizes.
+    from sklearn.linear_model import LogisticRegression
+
+    flat = lambda x: x[:, ::4, ::4, 0].reshape(len(x), -1) / 255.0  # noqa: E731
+    clf = LogisticRegression(max_iter=2000).fit(flat(data["train"][0]), data["train"][1])
+    assert clf.score(flat(data["test"][0]), data["test"][1]) > 0.9
+
+
+def test_image_size_and_augmentation_only_on_train():
+    ds, info = datasets.load("digits", "validation", image_size=16, batch_size=180, augment=True)
+    augmented_val = collect(ds)[0]
+    plain_val = collect(datasets.load("digits", "validation", image_size=16, batch_size=180)[0])[0]
+    assert info.image_shape == (16, 16, 3) and augmented_val.shape == (180, 16, 16, 3)
+    np.testing.assert_array_equal(augmented_val, plain_val)
+    plain = collect(datasets.load("digits", "train", batch_size=64, shuffle=False)[0])[0]
+    ds, info = datasets.load("digits", "train", batch_size=64, shuffle=False, augment=True)
+    augmented = collect(ds)[0]
+    assert info.flip_invariant is False  # digits are not flipped
+    assert augmented.shape == plain.shape
+    assert np.mean(np.any(augmented != plain, axis=(1, 2, 3))) > 0.5
+
+
+def test_strong_augmentation_mixes_labels():
+    ds, _ = datasets.load("digits", "train", batch_size=32, augment="strong")
+    images, labels = next(iter(ds))
+    labels = np.asarray(labels)
+    assert labels.shape == (32, 10)
+    np.testing.assert_allclose(labels.sum(axis=1), 1.0, atol=1e-5)
+    assert np.any((labels > 0) & (labels < 1))  # some mixed
+    assert np.asarray(images).min() >= 0 and np.asarray(images).max() <= 255
+
+
+def test_folder_of_cifar_jpegs(cifar_folder):
+    ds, info = datasets.load(cifar_folder, "train", batch_size=50, shuffle=False)
+    train_images, train_labels = collect(ds)
+    val_ds, val_info = datasets.load(cifar_folder, "validation", batch_size=50)
+    val_images, val_labels = collect(val_ds)
+    assert info.class_names == CIFAR_CLASSES and info.source == "folder"
+    assert info.image_shape == (32, 32, 3)
+    assert len(train_labels) == 10 * (PER_CLASS - 2) and len(val_labels) == 10 * 2
+    assert np.bincount(val_labels).tolist() == [2] * 10
+    # Held out: no validation image is among the training images.
+    train_set = {img.tobytes() for img in train_images.astype(np.uint8)}
+    assert not any(img.tobytes() in train_set for img in val_images.astype(np.uint8))
+    # The split depends on the seed.
+    other = collect(datasets.load(cifar_folder, "validation", batch_size=50, seed=1, shuffle=False)[0])[0]
+    assert {i.tobytes() for i in other.astype(np.uint8)} != {i.tobytes() for i in val_images.astype(np.uint8)}
+    test_ds, test_info = datasets.load(cifar_folder, "test", batch_size=50, shuffle=False)
+    assert "validation hold-out" in test_info.note
+    assert test_info.num_examples == val_info.num_examples
+
+
+def test_folder_with_test_split_grayscale_and_odd_sizes(cifar_folder, tmp_path):
+    from PIL import Image
+
+    for split, count in (("train", 4), ("test", 2)):
+        for label in ("cat", "dog"):
+            folder = tmp_path / split / label
+            folder.mkdir(parents=True)
+            for i, src in enumerate(sorted((cifar_folder / "train" / label).iterdir())[:count]):
+                (folder / f"{i}.jpg").write_bytes(src.read_bytes())
+    Image.fromarray(np.full((17, 23), 200, np.uint8), mode="L").save(tmp_path / "test" / "dog" / "gray.png")
+    ds, info = datasets.load(tmp_path, "test", image_size=32, batch_size=10, shuffle=False)
+    images, labels = collect(ds)
+    assert info.class_names == ("cat", "dog") and info.note == "test/ folder"
+    assert images.shape == (5, 32, 32, 3) and labels.tolist() == [0, 0, 1, 1, 1]
+    np.testing.assert_allclose(images[-1], 200.0, atol=1)  # the gray PNG, resized, as RGB
+
+
+def test_tfds_through_mock_data():
+    import tensorflow_datasets as tfds
+
+    with tfds.testing.mock_data(num_examples=12):
+        ds, info = datasets.load("cifar10", "train", batch_size=4)
+        images, labels = next(iter(ds))
+        assert info.source == "tfds" and info.num_classes == len(info.class_names) == 10
+        assert tuple(images.shape) == (4, 32, 32, 3) and labels.dtype.name == "int32"
+        ds, info = datasets.load("mnist", "test", batch_size=3, image_size=32)
+        images, _ = next(iter(ds))
+        assert info.num_classes == 10 and tuple(images.shape) == (3, 32, 32, 3)
+
+
+def test_tfds_offline_names_the_way_out(monkeypatch):
+    import tensorflow_datasets as tfds
+
+    def offline(self, *args, **kwargs):
+        raise ConnectionError("no network")
+
+    monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare", offline)
+    with pytest.raises(ValueError) as info:
+        datasets.load("cifar10", "train", data_dir="/nonexistent-tfds-dir")
+    message = str(info.value)
+    assert "'cifar10'" in message and "digits" in message and "TFDS_DATA_DIR" in message
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(name_or_path="cifar-ten"), "Unknown dataset. Received: name_or_path='cifar-ten'"),
+        (dict(name_or_path="./no/such/folder"), "No such folder"),
+        (dict(batch_size=0), "Received: batch_size=0"),
+        (dict(split="dev"), "Received: split='dev'"),
+        (dict(image_size=(32,)), r"Received: image_size=\(32,\)"),
+        (dict(augment="heavy"), "Received: augment='heavy'"),
+    ],
+)
+def test_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        datasets.load(**{"name_or_path": "digits", **kwargs})
+
+
+def test_bad_folders(tmp_path):
+    (tmp_path / "empty" / "train").mkdir(parents=True)
+    with pytest.raises(ValueError, match="no class sub-folders"):
+        datasets.load(tmp_path / "empty")
+    (tmp_path / "flat").mkdir()
+    with pytest.raises(ValueError, match="train/<class>"):
+        datasets.load(tmp_path / "flat")
+    (tmp_path / "hollow" / "train" / "cat").mkdir(parents=True)
+    with pytest.raises(ValueError, match="holds no .jpg/.png images"):
+        datasets.load(tmp_path / "hollow")
+    corrupt = tmp_path / "corrupt" / "train" / "cat"
+    corrupt.mkdir(parents=True)
+    (corrupt / "0.jpg").write_bytes(b"this is not a jpeg")
+    with pytest.raises(ValueError, match="0.jpg"):
+        datasets.load(tmp_path / "corrupt")

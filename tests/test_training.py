@@ -1,0 +1,148 @@
+"""The training recipe and `train()`: accuracy on real digits, resuming, bad input."""
+
+import csv
+import json
+import os
+
+import keras
+import numpy as np
+import pytest
+
+from keras_vitmix import applications, training
+
+# A small configuration of every family, trained on digits at 16 px.
+FAMILIES = {
+    "ViT": (applications.ViT, dict(patch_size=2, hidden_dim=64, num_layers=2, num_heads=4, mlp_dim=128)),
+    "MLPMixer": (applications.MLPMixer, dict(patch_size=2, hidden_dim=64, num_layers=2, token_mlp_dim=64, channel_mlp_dim=128)),
+    "ConvMixer": (applications.ConvMixer, dict(hidden_dim=64, num_layers=2, patch_size=2, kernel_size=3)),
+    "HybridMixerViT": (
+        applications.HybridMixerViT,
+        dict(mixer_depth=1, attention_depth=1, patch_size=2, hidden_dim=64, num_heads=4, token_mlp_dim=64, channel_mlp_dim=128, mlp_dim=128),
+    ),
+    "HybridConvMixerMixer": (
+        applications.HybridConvMixerMixer,
+        dict(conv_depth=1, mixer_depth=1, patch_size=2, hidden_dim=64, kernel_size=3, token_mlp_dim=64, channel_mlp_dim=128),
+    ),
+}
+RECIPE = dict(epochs=25, batch_size=64, learning_rate=3e-3, augment=False, verbose=0)
+
+
+def small(family, **overrides):
+    cls, config = FAMILIES[family]
+    return cls(**{**config, "input_shape": (16, 16, 3), "classes": 10, **overrides})
+
+
+def history_rows(folder):
+    with open(os.path.join(folder, "history.csv"), newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_every_family_learns_digits(family, tmp_path):
+    metrics = training.train(small(family), "digits", output_dir=str(tmp_path), **RECIPE)
+    assert metrics["test_accuracy"] >= 0.97, metrics
+    assert metrics["test_examples"] == 360 and metrics["family"] == family
+    for name in ("model.keras", "last.keras", "history.csv", "curves.png", "metrics.json"):
+        assert (tmp_path / name).stat().st_size > 0, name
+    assert json.loads((tmp_path / "metrics.json").read_text())["test_accuracy"] == metrics["test_accuracy"]
+    assert len(history_rows(tmp_path)) == RECIPE["epochs"]
+    assert not (tmp_path / "backup").exists()  # removed once the run completed
+
+
+class Kill(keras.callbacks.Callback):
+    """Stands in for a killed process: stops the run after `epoch` epochs."""
+
+    def __init__(self, after):
+        super().__init__()
+        self.after = after
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch + 1 == self.after:
+            raise KeyboardInterrupt(f"killed after epoch {epoch + 1}")
+
+
+class FirstEpoch(keras.callbacks.Callback):
+    def on_epoch_begin(self, epoch, logs=None):
+        if not hasattr(self, "first"):
+            self.first = epoch
+
+
+def test_killed_run_resumes_at_the_epoch_it_reached(tmp_path):
+    common = dict(epochs=4, batch_size=128, output_dir=str(tmp_path), verbose=0, augment=False)
+    with pytest.raises(KeyboardInterrupt):
+        training.train(small("ConvMixer"), "digits", extra_callbacks=[Kill(after=2)], **common)
+    assert [row["epoch"] for row in history_rows(tmp_path)] == ["0", "1"]
+    assert (tmp_path / "backup").is_dir() and (tmp_path / "last.keras").exists()
+    first = FirstEpoch()
+    metrics = training.train(small("ConvMixer"), "digits", extra_callbacks=[first], **common)
+    assert first.first == 2  # 0-based: the third epoch
+    assert metrics["resumed"] is True and metrics["epochs_run_now"] == 2
+    assert [row["epoch"] for row in history_rows(tmp_path)] == ["0", "1", "2", "3"]
+
+
+def test_recipe_weight_decay_schedule_and_loss():
+    model = small("ViT", use_class_token=True, pooling="token")
+    training.compile_for_training(model, total_steps=100, learning_rate=1e-3, warmup_steps=10)
+    optimizer = model.optimizer
+    optimizer.build(model.trainable_variables)
+    decayed = {v.path for v in model.trainable_variables if optimizer._use_weight_decay(v)}
+    for variable in model.trainable_variables:
+        spared = variable.name in ("bias", "gamma", "beta", "position_embeddings", "class_token")
+        assert (variable.path not in decayed) == spared, variable.path
+    schedule = optimizer.learning_rate if callable(optimizer.learning_rate) else optimizer._learning_rate
+    rates = [float(keras.ops.convert_to_numpy(schedule(step))) for step in (0, 5, 10, 55, 100)]
+    np.testing.assert_allclose(rates, [0.0, 5e-4, 1e-3, 5e-4, 0.0], atol=1e-6)
+    assert optimizer.global_clipnorm == 1.0
+    # Label-smoothed cross-entropy, for integer and one-hot labels, against NumPy.
+    loss = training.ClassificationLoss(label_smoothing=0.1)
+    probs = np.array([[0.7, 0.2, 0.1], [0.1, 0.1, 0.8]], np.float32)
+    targets = np.eye(3)[[0, 2]] * 0.9 + 0.1 / 3
+    expected = np.mean(-np.sum(targets * np.log(probs), axis=1))
+    for labels in (np.array([0, 2]), np.eye(3, dtype=np.float32)[[0, 2]]):
+        np.testing.assert_allclose(float(keras.ops.convert_to_numpy(loss(labels, probs))), expected, rtol=1e-5)
+
+
+def test_mixed_precision_training(tmp_path):
+    metrics = training.train(
+        small("HybridMixerViT"), "digits", epochs=1, batch_size=128, mixed_precision=True,
+        output_dir=str(tmp_path), verbose=0,
+    )
+    assert np.isfinite(metrics["test_loss"]) and metrics["test_accuracy"] > 0.1
+    assert keras.config.dtype_policy().name == "float32"  # restored
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(dataset="no-such-dataset"), "Unknown dataset"),
+        (dict(batch_size=0), "Received: batch_size=0"),
+        (dict(epochs=0), "Received: epochs=0"),
+        (dict(model="seed_vit", image_size=20), "patch_size=6, image size=\\(20, 20\\)"),
+        (dict(model="seed_vit", model_overrides=dict(classes=7)), "Received: classes=7"),
+        (dict(model="no_such_model"), "Unknown model name"),
+        (dict(distribute="model_parallel"), "Received: distribute='model_parallel'"),
+    ],
+)
+def test_bad_input_fails_before_training(kwargs, match, tmp_path):
+    arguments = dict(model="seed_convmixer", dataset="digits", epochs=1, output_dir=str(tmp_path), verbose=0)
+    with pytest.raises(ValueError, match=match):
+        training.train(**{**arguments, **kwargs})
+    assert not (tmp_path / "history.csv").exists()
+
+
+def test_model_with_other_class_count(tmp_path):
+    with pytest.raises(ValueError, match="3 classes and the dataset 10"):
+        training.train(small("ConvMixer", classes=3), "digits", epochs=1, output_dir=str(tmp_path))
+    empty = tmp_path / "empty" / "train"
+    empty.mkdir(parents=True)
+    with pytest.raises(ValueError, match="no class sub-folders"):
+        training.train("seed_convmixer", str(tmp_path / "empty"), epochs=1, output_dir=str(tmp_path / "run"))
+
+
+@pytest.mark.skipif(keras.backend.backend() != "torch", reason="torch has neither XLA nor keras.distribution")
+def test_torch_refuses_xla_and_data_parallel():
+    with pytest.raises(ValueError, match="tensorflow and jax backends, not torch"):
+        training.compile_for_training(small("ConvMixer"), total_steps=10, jit_compile=True)
+    with pytest.raises(ValueError, match="Received: KERAS_BACKEND=torch"):
+        training.distribution_scope("data_parallel")
