@@ -39,6 +39,14 @@ def _parser():
     evaluate.add_argument("--split", choices=("train", "validation", "test"), default="test")
     evaluate.add_argument("--batch-size", type=int, default=128)
     evaluate.add_argument("--output", default=None, help="folder for confusion_matrix.png (default: the model's)")
+    visualize = commands.add_parser("visualize", help="attention maps (or Mixer weights) of a saved model")
+    visualize.add_argument("--model", required=True, help="a .keras file, e.g. runs/train/model.keras")
+    visualize.add_argument("--image", default=None, help="an image file; default: a test image of the run's dataset")
+    visualize.add_argument("--layer", default=None, help="block name, e.g. block_0 (default: the last)")
+    visualize.add_argument("--head", type=int, default=None, help="head index (default: mean of heads)")
+    visualize.add_argument("--query", default=None, help="query patch as ROW,COL or an index (default: centre)")
+    visualize.add_argument("--output", default=None, help="folder for the figures (default: <model folder>/attention)")
+    visualize.add_argument("--animate", action="store_true", help="also a GIF stepping the query over all patches")
     return parser
 
 
@@ -69,6 +77,58 @@ def _evaluate(args):
     from keras_vitmix import training
 
     training.evaluate(args.model, args.dataset, args.split, args.batch_size, args.output)
+    return 0
+
+
+def _read_image(path):
+    import numpy as np
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            return np.asarray(image.convert("RGB"))
+    except (UnidentifiedImageError, OSError) as error:
+        raise ValueError(f"Not a readable image file. Received: --image {path} ({error})") from None
+
+
+def _sample_image(model_path, size):
+    """A test image of the dataset recorded in the run's metrics.json."""
+    import json
+
+    import numpy as np
+
+    from keras_vitmix import datasets
+
+    metrics_path = os.path.join(os.path.dirname(os.path.abspath(model_path)), "metrics.json")
+    if not os.path.exists(metrics_path):
+        raise ValueError(f"No --image given and no {metrics_path} naming the model's dataset: pass --image.")
+    with open(metrics_path) as handle:
+        dataset = json.load(handle)["dataset"]
+    images, _ = next(iter(datasets.load(dataset, "test", image_size=size, batch_size=1)[0]))
+    return np.asarray(images[0]).astype("uint8")
+
+
+def _visualize(args):
+    import keras
+
+    from keras_vitmix import visualize
+
+    if not os.path.isfile(args.model):
+        raise ValueError(f"No such model file. Received: --model {args.model}")
+    model = keras.saving.load_model(args.model, compile=False)
+    image = _read_image(args.image) if args.image else _sample_image(args.model, tuple(model.input_shape[1:3]))
+    query = args.query
+    if query is not None:
+        parts = query.split(",")
+        if not all(p.strip().lstrip("-").isdigit() for p in parts) or len(parts) > 2:
+            raise ValueError(f"--query must be ROW,COL or an index. Received: --query {query}")
+        query = tuple(int(p) for p in parts) if len(parts) == 2 else int(parts[0])
+    output = args.output or os.path.join(os.path.dirname(os.path.abspath(args.model)), "attention")
+    paths = visualize.write_attention_figures(
+        model, image, output, layer=args.layer, head=args.head, query=query, animate=args.animate
+    )
+    for path in paths:
+        print(path)
     return 0
 
 
@@ -105,7 +165,7 @@ def main(argv=None):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     if args.backend:
         _use_backend(args.backend, argv)
-    command = {"models": _models, "train": _train, "evaluate": _evaluate}[args.command]
+    command = {"models": _models, "train": _train, "evaluate": _evaluate, "visualize": _visualize}[args.command]
     try:
         return command(args)
     except ValueError as error:  # bad input: one clear line, no traceback

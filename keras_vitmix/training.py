@@ -15,7 +15,7 @@ import warnings
 import keras
 from keras import ops
 
-from keras_vitmix.training_callbacks import AtomicCheckpoint, EpochTimer, TrainingCurves
+from keras_vitmix.training_callbacks import AtomicCheckpoint, EpochTimer, TrainingCurves, read_history
 
 # Variables named so are not decayed (LayerNorm/BatchNorm gamma/beta, biases, ...).
 NO_WEIGHT_DECAY = ("bias", "gamma", "beta", "position_embeddings", "class_token", "layer_scale")
@@ -176,9 +176,11 @@ def distribution_scope(distribute):
 
 def callbacks(output_dir, extra=()):
     """Best and last checkpoints (atomic), resumable backup, CSV history, curves PNG, timing."""
+    history = read_history(os.path.join(output_dir, "history.csv"))
+    best = max(history["val_accuracy"]) if history.get("val_accuracy") else None
     return [
         keras.callbacks.BackupAndRestore(os.path.join(output_dir, "backup")),
-        AtomicCheckpoint(os.path.join(output_dir, "model.keras"), monitor="val_accuracy", mode="max"),
+        AtomicCheckpoint(os.path.join(output_dir, "model.keras"), monitor="val_accuracy", mode="max", best=best),
         AtomicCheckpoint(os.path.join(output_dir, "last.keras")),
         keras.callbacks.CSVLogger(os.path.join(output_dir, "history.csv"), append=True),
         TrainingCurves(os.path.join(output_dir, "history.csv"), os.path.join(output_dir, "curves.png")),
@@ -288,6 +290,18 @@ def train(
         if distribute and keras.backend.backend() == "jax":
             keras.distribution.set_distribution(None)
     times = next(c for c in run_callbacks if isinstance(c, EpochTimer)).times
+    metrics = _run_metrics(net, info, test_info, scores, times, wall, resuming, size, batch_size, epochs)
+    write_json(os.path.join(output_dir, "metrics.json"), metrics)
+    print(
+        f"{metrics['model']} on {info.name}: test accuracy {metrics['test_accuracy']:.2%} "
+        f"({test_info.num_examples} images), {metrics['parameters']:,} parameters, {epochs} epochs, "
+        f"{metrics['seconds_per_epoch']:.1f} s/epoch, {metrics['images_per_second'] or 0:.0f} images/s "
+        f"-> {output_dir}"
+    )
+    return metrics
+
+
+def _run_metrics(net, info, test_info, scores, times, wall, resumed, size, batch_size, epochs):
     per_epoch = sum(times) / max(1, len(times))
     metrics = {
         "model": net.name,
@@ -301,7 +315,7 @@ def train(
         "parameters": int(net.count_params()),
         "epochs": epochs,
         "epochs_run_now": len(times),
-        "resumed": resuming,
+        "resumed": resumed,
         "image_size": list(size),
         "batch_size": batch_size,
         "seconds_per_epoch": per_epoch,
@@ -310,12 +324,6 @@ def train(
     }
     if "top5" in scores:
         metrics["test_top5"] = float(scores["top5"])
-    write_json(os.path.join(output_dir, "metrics.json"), metrics)
-    print(
-        f"{metrics['model']} on {info.name}: test accuracy {metrics['test_accuracy']:.2%} "
-        f"({test_info.num_examples} images), {metrics['parameters']:,} parameters, {epochs} epochs, "
-        f"{per_epoch:.1f} s/epoch, {metrics['images_per_second'] or 0:.0f} images/s -> {output_dir}"
-    )
     return metrics
 
 

@@ -17,14 +17,15 @@ class AtomicCheckpoint(keras.callbacks.Callback):
         path: target `.keras` path.
         monitor: optional metric name (e.g. "val_accuracy"); None saves every epoch.
         mode: "max" or "min", the direction in which `monitor` improves.
+        best: the best `monitor` value so far (when resuming), or None.
     """
 
-    def __init__(self, path, monitor=None, mode="max"):
+    def __init__(self, path, monitor=None, mode="max", best=None):
         super().__init__()
         self.path = path
         self.monitor = monitor
         self.mode = mode
-        self.best = None
+        self.best = best  # a resumed run passes the best value reached before
 
     def on_epoch_end(self, epoch, logs=None):
         if self.monitor is not None:
