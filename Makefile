@@ -27,7 +27,7 @@ JOBS ?= 2
 test: $(STAMP)
 	@$(MAKE) --no-print-directory -k -j$(JOBS) --output-sync=target $(addprefix test-,$(BACKENDS))
 
-test-%: $(STAMP)
+$(addprefix test-,$(BACKENDS)): test-%: $(STAMP)
 	@echo "=== pytest, KERAS_BACKEND=$*"
 	@KERAS_BACKEND=$* $(PY) -m pytest -p no:cacheprovider $(PYTEST_ARGS)
 
