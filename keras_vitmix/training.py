@@ -386,7 +386,7 @@ def evaluate(model, dataset, split="test", batch_size=128, output_dir=None):
         )
     labels, predictions = [], []
     for images, batch_labels in ds:
-        probabilities = model.predict_on_batch(images)
+        probabilities = model.predict_on_batch(np.asarray(images))  # JAX refuses tf tensors
         predictions.append(np.argmax(keras.ops.convert_to_numpy(probabilities), axis=-1))
         labels.append(np.asarray(batch_labels))
     labels, predictions = np.concatenate(labels), np.concatenate(predictions)
