@@ -36,16 +36,19 @@ def main():
         training.train("seed_vit", str(folder), epochs=args.epochs, batch_size=128, learning_rate=2e-3,
                        augment="light", output_dir=args.run, verbose=2)
     model = keras.saving.load_model(model_path)
-    ds, info = datasets.load(str(folder), "validation", image_size=72, batch_size=64, shuffle=False)
-    images, labels = next(iter(ds))
-    images, labels = np.asarray(images), np.asarray(labels)
-    probs = model.predict(images, verbose=0)
-    for i in range(args.images):
-        index = i * 16  # spread over classes
-        name = info.class_names[labels[index]]
-        guess = info.class_names[int(np.argmax(probs[index]))]
+    ds, info = datasets.load(str(folder), "validation", image_size=72, batch_size=256, shuffle=False)
+    chosen = {}  # the first validation image of each of the first classes (the split is class-ordered)
+    for batch_images, batch_labels in ds:
+        for image, label in zip(np.asarray(batch_images), np.asarray(batch_labels)):
+            chosen.setdefault(int(label), image)
+        if len(chosen) >= info.num_classes:
+            break
+    picks = [(label, chosen[label]) for label in sorted(chosen)[:: max(1, info.num_classes // args.images)]]
+    for i, (label, image) in enumerate(picks[: args.images]):
+        name = info.class_names[label]
+        guess = info.class_names[int(np.argmax(model.predict(image[None], verbose=0)[0]))]
         out = HERE / "seed_vit" / f"{i}_{name}"
-        paths = visualize.write_attention_figures(model, images[index].astype("uint8"), out, animate=False, dpi=100)
+        paths = visualize.write_attention_figures(model, image.astype("uint8"), out, animate=False, dpi=100)
         print(f"{name} (predicted {guess}):", *paths, sep="\n  ")
 
 
