@@ -158,3 +158,11 @@ def check_bad_argument(layer_cls, kwargs, name, value, errors=(ValueError, TypeE
     message = str(info.value)
     assert name in message, message
     assert str(value) in message, message
+
+
+def check_random_only_in_training(layer, shape):
+    """Inference (training None or False) is deterministic; training=True changes the output."""
+    x = random_array(shape)
+    inference = to_numpy(layer(x))
+    np.testing.assert_array_equal(to_numpy(layer(x, training=False)), inference)
+    assert not np.allclose(to_numpy(layer(x, training=True)), inference, atol=1e-4)
