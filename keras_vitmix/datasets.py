@@ -247,12 +247,12 @@ def _resize(image, size):
     import tensorflow as tf
 
     image.set_shape([None, None, 3])
-    resized = tf.image.resize(image, size, method="bilinear", antialias=True)
-    image = tf.cond(
-        tf.reduce_all(tf.shape(image)[:2] == size),
-        lambda: image,
-        lambda: tf.cast(tf.clip_by_value(tf.round(resized), 0, 255), image.dtype),
-    )
+
+    def resize():  # only for images of another size: most folders need none
+        resized = tf.image.resize(image, size, method="bilinear", antialias=True)
+        return tf.cast(tf.clip_by_value(tf.round(resized), 0, 255), image.dtype)
+
+    image = tf.cond(tf.reduce_all(tf.shape(image)[:2] == size), lambda: image, resize)
     return tf.ensure_shape(tf.cast(image, tf.uint8), (*size, 3))
 
 

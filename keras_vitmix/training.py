@@ -197,10 +197,6 @@ def write_json(path, payload):
     os.replace(tmp, path)
 
 
-def now():
-    return time.perf_counter()
-
-
 def train(
     model="hybrid_mixer_vit_cifar_patch4_32",
     dataset="digits",
@@ -278,11 +274,11 @@ def train(
         if not resuming and os.path.exists(os.path.join(output_dir, "history.csv")):
             os.remove(os.path.join(output_dir, "history.csv"))  # a fresh run: no stale rows
         run_callbacks = callbacks(output_dir, extra_callbacks)
-        start = now()
+        start = time.perf_counter()
         net.fit(
             train_ds, validation_data=val_ds, epochs=epochs, callbacks=run_callbacks, verbose=verbose, shuffle=False
         )
-        wall = now() - start
+        wall = time.perf_counter() - start
         best = keras.saving.load_model(os.path.join(output_dir, "model.keras"))
         scores = best.evaluate(test_ds, return_dict=True, verbose=0)
     finally:

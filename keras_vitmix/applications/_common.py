@@ -6,6 +6,7 @@ import os
 import keras
 from keras import ops
 
+from keras_vitmix.layers import ConvMixerBlock, MixerBlock, PatchEmbedding, TransformerBlock
 from keras_vitmix.layers._checks import check_positive_int, check_rate, to_pair
 
 POOLINGS = ("token", "avg", "max", None)
@@ -254,8 +255,6 @@ def image_stem(family, input_shape, input_tensor, include_preprocessing, normali
 
 def transformer_blocks(x, start, depth, drop_path_rates, **block_kwargs):
     """Stacks TransformerBlocks named block_{start} ..."""
-    from keras_vitmix.layers import TransformerBlock
-
     for i in range(depth):
         x = TransformerBlock(drop_path_rate=drop_path_rates[start + i], name=f"block_{start + i}", **block_kwargs)(x)
     return x
@@ -263,8 +262,6 @@ def transformer_blocks(x, start, depth, drop_path_rates, **block_kwargs):
 
 def mixer_blocks(x, start, depth, drop_path_rates, **block_kwargs):
     """Stacks MixerBlocks named block_{start} ..."""
-    from keras_vitmix.layers import MixerBlock
-
     for i in range(depth):
         x = MixerBlock(drop_path_rate=drop_path_rates[start + i], name=f"block_{start + i}", **block_kwargs)(x)
     return x
@@ -272,16 +269,12 @@ def mixer_blocks(x, start, depth, drop_path_rates, **block_kwargs):
 
 def conv_stem(x, hidden_dim, patch_size, activation):
     """ConvMixer's stem: patch convolution -> activation -> BatchNorm, on the grid."""
-    from keras_vitmix.layers import PatchEmbedding
-
     x = PatchEmbedding(hidden_dim, patch_size, position_embedding=None, flatten=False, name="patch_embedding")(x)
     x = keras.layers.Activation(activation, name="stem_activation")(x)
     return keras.layers.BatchNormalization(epsilon=1e-5, momentum=0.9, name="stem_norm")(x)
 
 
 def conv_mixer_blocks(x, start, depth, kernel_size, activation):
-    from keras_vitmix.layers import ConvMixerBlock
-
     for i in range(depth):
         x = ConvMixerBlock(kernel_size, activation=activation, name=f"block_{start + i}")(x)
     return x
