@@ -112,11 +112,13 @@ def test_recipe_weight_decay_schedule_and_loss():
 
 
 def test_mixed_precision_training(tmp_path):
+    # One epoch is all warmup and can end at chance (torch did, in CI); three epochs at the
+    # test recipe's rate reach 86-93% on every backend, so 70% says bfloat16 training learns.
     metrics = training.train(
-        small("HybridMixerViT"), "digits", epochs=1, batch_size=128, mixed_precision=True,
-        output_dir=str(tmp_path), verbose=0,
+        small("HybridMixerViT"), "digits", epochs=3, batch_size=64, learning_rate=3e-3,
+        mixed_precision=True, augment=False, output_dir=str(tmp_path), verbose=0,
     )
-    assert np.isfinite(metrics["test_loss"]) and metrics["test_accuracy"] > 0.1
+    assert np.isfinite(metrics["test_loss"]) and metrics["test_accuracy"] >= 0.7, metrics
     assert keras.config.dtype_policy().name == "float32"  # restored
 
 
