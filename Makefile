@@ -32,12 +32,16 @@ $(addprefix test-,$(BACKENDS)): test-%: $(STAMP)
 	@KERAS_BACKEND=$* $(PY) -m pytest -p no:cacheprovider $(PYTEST_ARGS)
 
 # The main job: train HybridMixerViT on the embedded digits (no network), then write its
-# attention maps. Leaves the model, curves, metrics and figures in runs/demo/.
+# attention maps and export it (SavedModel, ONNX). Leaves everything in runs/demo/.
 demo: $(STAMP)
 	$(VENV)/bin/keras-vitmix --backend $(DEMO_BACKEND) train --model hybrid_mixer_vit_cifar_patch4_32 \
 	  --dataset digits --epochs 15 --batch-size 64 --learning-rate 2e-3 --output $(DEMO)
 	$(VENV)/bin/keras-vitmix --backend $(DEMO_BACKEND) visualize --model $(DEMO)/model.keras \
 	  --output $(DEMO)/attention --animate
+	$(VENV)/bin/keras-vitmix --backend $(DEMO_BACKEND) export --model $(DEMO)/model.keras \
+	  --output $(DEMO)/saved_model --overwrite
+	$(VENV)/bin/keras-vitmix --backend $(DEMO_BACKEND) export --model $(DEMO)/model.keras \
+	  --output $(DEMO)/model.onnx --format onnx --overwrite
 	@echo "Demo outputs in $(DEMO)/:"; ls $(DEMO) $(DEMO)/attention
 
 models: $(STAMP)

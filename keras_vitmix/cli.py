@@ -47,6 +47,14 @@ def _parser():
     visualize.add_argument("--query", default=None, help="query patch as ROW,COL or an index (default: centre)")
     visualize.add_argument("--output", default=None, help="folder for the figures (default: <model folder>/attention)")
     visualize.add_argument("--animate", action="store_true", help="also a GIF stepping the query over all patches")
+    export = commands.add_parser("export", help="a SavedModel or ONNX file of a saved model, for serving")
+    export.add_argument("--model", required=True, help="a .keras file, e.g. runs/train/model.keras")
+    export.add_argument("--output", required=True, help="a directory (tf_saved_model) or a file (onnx)")
+    export.add_argument("--format", choices=("tf_saved_model", "onnx"), default="tf_saved_model")
+    export.add_argument("--image-dtype", choices=("uint8", "float32"), default="uint8", help="dtype of served images")
+    export.add_argument("--batch-size", type=int, default=None, help="a fixed batch size (default: any)")
+    export.add_argument("--opset", type=int, default=None, help="ONNX opset (default: tf2onnx's)")
+    export.add_argument("--overwrite", action="store_true", help="replace an existing export")
     return parser
 
 
@@ -77,6 +85,21 @@ def _evaluate(args):
     from keras_vitmix import training
 
     training.evaluate(args.model, args.dataset, args.split, args.batch_size, args.output)
+    return 0
+
+
+def _export(args):
+    from keras_vitmix import export
+
+    export.export(
+        args.model,
+        args.output,
+        format=args.format,
+        image_dtype=args.image_dtype,
+        batch_size=args.batch_size,
+        overwrite=args.overwrite,
+        opset=args.opset,
+    )
     return 0
 
 
@@ -165,7 +188,8 @@ def main(argv=None):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     if args.backend:
         _use_backend(args.backend, argv)
-    command = {"models": _models, "train": _train, "evaluate": _evaluate, "visualize": _visualize}[args.command]
+    commands = {"models": _models, "train": _train, "evaluate": _evaluate, "visualize": _visualize, "export": _export}
+    command = commands[args.command]
     try:
         return command(args)
     except ValueError as error:  # bad input: one clear line, no traceback

@@ -103,3 +103,18 @@ def test_backend_flag_takes_effect_before_keras_is_imported(run, tmp_path):
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     assert json.loads((tmp_path / "metrics.json").read_text())["backend"] == other
+
+
+def test_export_serves_the_trained_model(run, tmp_path, capsys):
+    import tensorflow as tf
+
+    model = keras.saving.load_model(run / "model.keras")
+    arguments = ["export", "--model", str(run / "model.keras"), "--output", str(tmp_path / "served")]
+    assert cli.main(arguments) == 0
+    assert f"to {tmp_path / 'served'}" in capsys.readouterr().out
+    images = np.random.default_rng(0).integers(0, 256, (2, 16, 16, 3)).astype("uint8")
+    loaded = tf.saved_model.load(str(tmp_path / "served"))
+    served = loaded.serve(tf.constant(images)).numpy()
+    np.testing.assert_allclose(served, keras.ops.convert_to_numpy(model(images.astype("float32"))), atol=1e-5)
+    assert cli.main(arguments) == 2  # refuses to overwrite
+    assert "An export already exists" in capsys.readouterr().err

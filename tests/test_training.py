@@ -8,28 +8,11 @@ import keras
 import numpy as np
 import pytest
 
-from keras_vitmix import applications, training
+from keras_vitmix import training
 
-# A small configuration of every family, trained on digits at 16 px.
-FAMILIES = {
-    "ViT": (applications.ViT, dict(patch_size=2, hidden_dim=64, num_layers=2, num_heads=4, mlp_dim=128)),
-    "MLPMixer": (applications.MLPMixer, dict(patch_size=2, hidden_dim=64, num_layers=2, token_mlp_dim=64, channel_mlp_dim=128)),
-    "ConvMixer": (applications.ConvMixer, dict(hidden_dim=64, num_layers=2, patch_size=2, kernel_size=3)),
-    "HybridMixerViT": (
-        applications.HybridMixerViT,
-        dict(mixer_depth=1, attention_depth=1, patch_size=2, hidden_dim=64, num_heads=4, token_mlp_dim=64, channel_mlp_dim=128, mlp_dim=128),
-    ),
-    "HybridConvMixerMixer": (
-        applications.HybridConvMixerMixer,
-        dict(conv_depth=1, mixer_depth=1, patch_size=2, hidden_dim=64, kernel_size=3, token_mlp_dim=64, channel_mlp_dim=128),
-    ),
-}
+from tests.small_models import FAMILIES, small
+
 RECIPE = dict(epochs=25, batch_size=64, learning_rate=3e-3, augment=False, verbose=0)
-
-
-def small(family, **overrides):
-    cls, config = FAMILIES[family]
-    return cls(**{**config, "input_shape": (16, 16, 3), "classes": 10, **overrides})
 
 
 def history_rows(folder):
