@@ -1,0 +1,138 @@
+"""Serving speed: the exported SavedModel and ONNX model against the Keras model.
+
+For each model, exports both formats (`keras_vitmix.export`), then times, in one process
+and alternating run by run, the Keras model (`predict_on_batch` under the chosen
+backend), the SavedModel (`tf.saved_model.load(...).serve`) and the ONNX model
+(onnxruntime, CPU), on the same uint8 images: latency at batch 1, throughput at batch
+32. It reports medians and the median of per-run ratios (export ÷ Keras: below 1 is
+faster than Keras), prints a table and appends it to benchmarks/RESULTS.md.
+
+    python benchmarks/serving.py --backend jax
+    python benchmarks/serving.py --backend tensorflow --models vit_tiny_patch16_224 --repeats 30
+"""
+
+import argparse
+import datetime
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_MODELS = ["vit_tiny_patch16_224", "mixer_s16_224", "hybrid_mixer_vit_cifar_patch4_32", "hybrid_convmixer_mixer_cifar_patch2_32"]
+
+
+def parse(argv):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--backend", choices=("tensorflow", "jax", "torch"), default=None)
+    parser.add_argument("--models", nargs="+", default=DEFAULT_MODELS)
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 32])
+    parser.add_argument("--repeats", type=int, default=15, help="timed runs per runner and batch size")
+    parser.add_argument("--results", default=str(REPO / "benchmarks" / "RESULTS.md"))
+    parser.add_argument("--no-record", action="store_true", help="print the table only")
+    return parser.parse_args(argv)
+
+
+def runners(model, folder):
+    """name -> callable(uint8 images) for the Keras model and its two exports."""
+    import numpy as np
+    import onnxruntime
+    import tensorflow as tf
+
+    from keras_vitmix import export
+
+    export.export(model, folder / "saved_model", verbose=False)
+    export.export(model, folder / "model.onnx", format="onnx", verbose=False)
+    loaded = tf.saved_model.load(str(folder / "saved_model"))
+    session = onnxruntime.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
+    return {
+        "keras": lambda x: np.asarray(model.predict_on_batch(x.astype("float32"))),
+        "saved_model": lambda x: loaded.serve(tf.constant(x)).numpy(),
+        "onnx": lambda x: session.run(["output_0"], {"images": x})[0],
+    }, loaded
+
+
+def measure(run, images, repeats):
+    """Median seconds per call of each runner, and median per-run ratios to Keras."""
+    import numpy as np
+
+    outputs = {name: fn(images) for name, fn in run.items()}  # warm-up (tracing, compiling)
+    for name in run:
+        for _ in range(2):
+            run[name](images)
+        diff = float(np.max(np.abs(outputs[name] - outputs["keras"])))
+        assert diff < 1e-3, f"{name} disagrees with Keras by {diff}"
+    times = {name: [] for name in run}
+    for _ in range(repeats):
+        for name, fn in run.items():  # alternating, so drifts in machine load hit all alike
+            start = time.perf_counter()
+            fn(images)
+            times[name].append(time.perf_counter() - start)
+    ratios = {
+        name: statistics.median(t / k for t, k in zip(times[name], times["keras"])) for name in run if name != "keras"
+    }
+    return {name: statistics.median(t) for name, t in times.items()}, ratios
+
+
+def main(argv=None):
+    args = parse(argv)
+    if args.backend:
+        os.environ["KERAS_BACKEND"] = args.backend
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    import keras
+    import numpy as np
+
+    from keras_vitmix.applications import create_model
+
+    rows = []
+    rng = np.random.default_rng(0)
+    for name in args.models:
+        model = create_model(name)
+        with tempfile.TemporaryDirectory() as folder:
+            run, _keep = runners(model, Path(folder))
+            for batch in args.batch_sizes:
+                images = rng.integers(0, 256, (batch, *model.input_shape[1:])).astype("uint8")
+                seconds, ratios = measure(run, images, args.repeats)
+                rows.append((name, batch, seconds, ratios))
+                print(format_row(*rows[-1]), flush=True)
+    table = format_table(rows)
+    print(table)
+    if not args.no_record:
+        record(args, table, keras.backend.backend())
+
+
+def format_row(name, batch, seconds, ratios):
+    cells = [f"`{name}`", str(batch)]
+    for runner in ("keras", "saved_model", "onnx"):
+        cells.append(f"{seconds[runner] * 1e3:.1f} ms ({batch / seconds[runner]:,.0f}/s)")
+    cells += [f"{ratios['saved_model']:.2f}×", f"{ratios['onnx']:.2f}×"]
+    return "| " + " | ".join(cells) + " |"
+
+
+def format_table(rows):
+    header = (
+        "| model | batch | Keras | SavedModel | ONNX (onnxruntime) | SavedModel ÷ Keras | ONNX ÷ Keras |\n"
+        "|---|---:|---:|---:|---:|---:|---:|"
+    )
+    return "\n".join([header] + [format_row(*row) for row in rows])
+
+
+def record(args, table, backend):
+    command = "python benchmarks/serving.py " + " ".join(sys.argv[1:] if sys.argv[1:] else [])
+    machine = f"{platform.machine()}, {os.cpu_count()} cores, {platform.system()}"
+    text = (
+        f"\n## Serving: exports against the Keras model — {datetime.date.today()}, Keras backend {backend}\n\n"
+        f"Machine: {machine}. Command: `{command.strip()}`. Medians of {args.repeats} alternating runs "
+        "(per call: time and images/s); the ratios are medians of per-run ratios, below 1 = faster than Keras.\n\n"
+        f"{table}\n"
+    )
+    with open(args.results, "a") as handle:
+        handle.write(text)
+    print(f"Appended to {args.results}")
+
+
+if __name__ == "__main__":
+    main()
