@@ -241,7 +241,8 @@ def _raise_on_problems(model, unmapped, unfilled, mismatched):
             shown = ", ".join(keys[:_MAX_LISTED])
             more = f", ... ({len(keys) - _MAX_LISTED} more)" if len(keys) > _MAX_LISTED else ""
             lines.append(f"{len(keys)} {title}: {shown}{more}")
-    if any(key.split("/")[0] in _HEADS or key.split(".")[0] in _HEADS for _, keys in problems for key in keys):
+    keys = [key for _, listed in problems for key in listed]
+    if any(re.split(r"[/.]", key)[0] in _HEADS for key in keys):
         lines.append("load_head=False leaves the model's own head (a new one for other classes).")
     if lines:
         raise ValueError(

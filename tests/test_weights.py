@@ -12,7 +12,7 @@ from keras_vitmix.layers import resample_position_embedding
 from keras_vitmix.weights import load_timm_weights
 from tests import timm_utils as tu
 
-timm, torch = tu.timm, tu.torch
+torch = tu.torch
 
 # Our registered name -> the normalization of timm's pretrained_cfg for that model.
 MODELS = {
@@ -37,9 +37,7 @@ def test_logits_match_timm(name):
 
 def test_layer_scale_matches_timm():
     # timm's ViTs with `init_values` (LayerScale) scale each branch by ls1/ls2.gamma.
-    reference = tu.perturb(
-        timm.create_model("vit_tiny_patch16_224", pretrained=False, depth=tu.DEPTH, init_values=0.1)
-    )
+    reference = tu.perturb(tu.timm_model("vit_tiny_patch16_224", init_values=0.1))
     model = load_timm_weights(tu.ours("vit_tiny_patch16_224", layer_scale_init=0.1), reference)
     images = tu.cifar_images()
     tu.assert_same_logits(
@@ -59,7 +57,7 @@ def test_vit_at_another_resolution_matches_timm(name, size):
 
     state = tu.reference(name).state_dict()
     # timm's way: a model built at `size`, the 224 px checkpoint resampled by its filter.
-    resized = tu.timm.create_model(name, pretrained=False, depth=tu.DEPTH, img_size=size).eval()
+    resized = tu.timm_model(name, img_size=size).eval()
     resized.load_state_dict(checkpoint_filter_fn(state, resized))
     model = load_timm_weights(tu.ours(name, input_shape=(size, size, 3)), state)
     grid = size // 16

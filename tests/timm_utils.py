@@ -30,7 +30,9 @@ BATCH = 4
 ATOL = 1e-4
 
 
-def _timm_model(name, **kwargs):
+def timm_model(name, **kwargs):
+    """A random (seeded) timm model `name` with its first DEPTH blocks."""
+    torch.manual_seed(0)  # timm initializes from torch's global generator
     if name.startswith(("vit_", "deit_")):
         return timm.create_model(name, pretrained=False, depth=DEPTH, **kwargs)
     # timm's Mixer and ConvMixer entry points fix their depth: keep the first blocks.
@@ -57,7 +59,7 @@ def perturb(model, seed=0):
 @functools.lru_cache(maxsize=None)
 def reference(name):
     """The perturbed, reduced-depth timm model `name` (created once per process)."""
-    return perturb(_timm_model(name))
+    return perturb(timm_model(name))
 
 
 def ours(name, **overrides):

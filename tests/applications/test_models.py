@@ -145,7 +145,8 @@ def _feature_shapes(name, shape):
     grid = (shape[0] // patch, shape[1] // patch)
     if family == "ConvMixer":
         return (BATCH, dim), (BATCH, *grid, dim)
-    prefix = int(config.get("use_class_token", family == "ViT")) + int(config.get("use_distillation_token", False))
+    prefix = int(config.get("use_class_token", family == "ViT"))
+    prefix += int(config.get("use_distillation_token", False))  # DeiT's second token
     tokens = grid[0] * grid[1] + prefix
     return (BATCH, dim), (BATCH, tokens, dim)
 
