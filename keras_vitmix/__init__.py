@@ -2,4 +2,4 @@
 
 __version__ = "0.1.0"
 
-from keras_vitmix import applications, layers  # noqa: E402,F401
+from keras_vitmix import applications, layers, weights  # noqa: E402,F401

@@ -15,6 +15,7 @@ POOLINGS = ("token", "avg", "max", None)
 NORMALIZATIONS = {
     "inception": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),  # ViT / Mixer checkpoints
     "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),  # ConvMixer, DeiT
+    "miil": ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0)),  # timm's *_miil checkpoints: pixels / 255
 }
 
 APPLICATION_ARGS_DOC = """\
@@ -22,7 +23,11 @@ APPLICATION_ARGS_DOC = """\
         include_top: bool, whether to end with the classification head.
         include_preprocessing: bool; when True the model takes pixel values in
             [0, 255] and rescales and normalizes them itself.
-        weights: None (random initialization) or the path to a `.weights.h5` file.
+        normalization: the per-channel mean and std the preprocessing normalizes
+            with: "inception" (0.5, 0.5), "imagenet", or "miil" (pixels / 255 only);
+            a checkpoint's own (see `keras_vitmix.weights`).
+        weights: None (random initialization) or the path to a `.weights.h5` file;
+            `create_model(name, weights="timm")` loads timm's ImageNet checkpoints.
         input_tensor: optional Keras tensor to use as the model's input.
         pooling: "token" (the class token), "avg", "max", or None. With
             `include_top=False` and `pooling=None` the model returns its tokens.
@@ -56,9 +61,12 @@ def check_application_args(include_top, pooling, classes, weights, allowed_pooli
                 f"`weights` must be None or the path to a weights file. Received: weights={weights!r}"
             )
         if not os.path.isfile(weights):
+            hint = ""
+            if str(weights).startswith("timm"):
+                hint = ". timm checkpoints load through create_model(name, weights='timm')"
             raise ValueError(
                 f"`weights` must be None or the path to an existing weights file. "
-                f"Received: weights={os.fspath(weights)!r}, which does not exist"
+                f"Received: weights={os.fspath(weights)!r}, which does not exist{hint}"
             )
 
 
@@ -135,19 +143,37 @@ def pool_and_head(x, pooling, include_top, classes, classifier_activation, num_p
     return x
 
 
+def distilled_pool_and_head(x, include_top, classes, classifier_activation):
+    """DeiT's two heads: `head` on the class token, `head_dist` on the distillation
+    token, their logits averaged (timm at inference); without a top, the two tokens'
+    mean (timm's pre-logits)."""
+    class_token = TokenPooling("token", 2, name="token_pool")(x)
+    distillation_token = TokenPooling("distillation_token", 2, name="distillation_token_pool")(x)
+    if not include_top:
+        return keras.layers.Average(name="token_average")([class_token, distillation_token])
+    logits = keras.layers.Average(name="head_average")(
+        [
+            keras.layers.Dense(classes, name="head")(class_token),
+            keras.layers.Dense(classes, name="head_dist")(distillation_token),
+        ]
+    )
+    return keras.layers.Activation(classifier_activation, dtype="float32", name="predictions")(logits)
+
+
 @keras.saving.register_keras_serializable(package="keras_vitmix")
 class TokenPooling(keras.layers.Layer):
     """(B, p + N, D) -> (B, D): the class token, or the mean/max of the N patch tokens.
 
     Args:
-        pooling: "token", "avg" or "max".
+        pooling: "token", "avg" or "max"; "distillation_token" reads DeiT's second
+            token.
         num_prefix_tokens: int, leading class/distillation tokens, left out of
             "avg" and "max" as timm does.
     """
 
     def __init__(self, pooling, num_prefix_tokens=0, **kwargs):
         super().__init__(**kwargs)
-        if pooling not in ("token", "avg", "max"):
+        if pooling not in ("token", "distillation_token", "avg", "max"):
             raise ValueError(f"Unknown pooling. Received: pooling={pooling!r}")
         self.pooling = pooling
         self.num_prefix_tokens = num_prefix_tokens
@@ -155,6 +181,8 @@ class TokenPooling(keras.layers.Layer):
     def call(self, inputs):
         if self.pooling == "token":
             return inputs[:, 0]
+        if self.pooling == "distillation_token":
+            return inputs[:, 1]
         patches = inputs[:, self.num_prefix_tokens :]
         if self.pooling == "avg":
             return ops.mean(patches, axis=1)
@@ -246,6 +274,11 @@ class Application(keras.Model):
 
 def image_stem(family, input_shape, input_tensor, include_preprocessing, normalization, patch_size):
     """Input, size checks and preprocessing: returns (inputs, x, resolved input_shape)."""
+    if normalization not in NORMALIZATIONS:
+        raise ValueError(
+            f"{family}: `normalization` must be one of {tuple(NORMALIZATIONS)}. "
+            f"Received: normalization={normalization!r}"
+        )
     inputs, x, input_shape = image_input(input_shape, input_tensor, 224, include_preprocessing)
     check_grid(input_shape, patch_size, family)
     if include_preprocessing:

@@ -37,8 +37,6 @@ class ConvMixer(_common.Application):
         Trockman & Kolter, 2023, https://arxiv.org/abs/2201.09792
     """
 
-    _normalization = "imagenet"
-
     def __init__(
         self,
         hidden_dim=768,
@@ -49,6 +47,7 @@ class ConvMixer(_common.Application):
         input_shape=None,
         include_top=True,
         include_preprocessing=True,
+        normalization="imagenet",
         weights=None,
         input_tensor=None,
         pooling="avg",
@@ -62,7 +61,7 @@ class ConvMixer(_common.Application):
         )
         _common.check_depths(num_layers=num_layers)
         inputs, x, input_shape = _common.image_stem(
-            "ConvMixer", input_shape, input_tensor, include_preprocessing, self._normalization, patch_size
+            "ConvMixer", input_shape, input_tensor, include_preprocessing, normalization, patch_size
         )
         x = _common.conv_stem(x, hidden_dim, patch_size, activation)
         x = _common.conv_mixer_blocks(x, 0, num_layers, kernel_size, activation)

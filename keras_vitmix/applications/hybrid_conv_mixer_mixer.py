@@ -37,8 +37,6 @@ class HybridConvMixerMixer(_common.Application):
     (1, 10)
     """
 
-    _normalization = "imagenet"
-
     def __init__(
         self,
         conv_depth=8,
@@ -55,6 +53,7 @@ class HybridConvMixerMixer(_common.Application):
         input_shape=None,
         include_top=True,
         include_preprocessing=True,
+        normalization="imagenet",
         weights=None,
         input_tensor=None,
         pooling="avg",
@@ -70,7 +69,7 @@ class HybridConvMixerMixer(_common.Application):
         _common.check_rates(dropout_rate=dropout_rate, drop_path_rate=drop_path_rate)
         inputs, x, input_shape = _common.image_stem(
             "HybridConvMixerMixer", input_shape, input_tensor, include_preprocessing,
-            self._normalization, patch_size,
+            normalization, patch_size,
         )
         x = _common.conv_stem(x, hidden_dim, patch_size, activation)
         x = _common.conv_mixer_blocks(x, 0, conv_depth, kernel_size, activation)

@@ -42,8 +42,6 @@ class HybridMixerViT(_common.Application):
     (1, 10)
     """
 
-    _normalization = "inception"
-
     def __init__(
         self,
         mixer_depth=6,
@@ -63,6 +61,7 @@ class HybridMixerViT(_common.Application):
         input_shape=None,
         include_top=True,
         include_preprocessing=True,
+        normalization="inception",
         weights=None,
         input_tensor=None,
         pooling="avg",
@@ -78,7 +77,7 @@ class HybridMixerViT(_common.Application):
             dropout_rate=dropout_rate, attention_dropout=attention_dropout, drop_path_rate=drop_path_rate
         )
         inputs, x, input_shape = _common.image_stem(
-            "HybridMixerViT", input_shape, input_tensor, include_preprocessing, self._normalization, patch_size
+            "HybridMixerViT", input_shape, input_tensor, include_preprocessing, normalization, patch_size
         )
         x = PatchEmbedding(
             hidden_dim,

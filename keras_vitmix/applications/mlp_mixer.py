@@ -39,8 +39,6 @@ class MLPMixer(_common.Application):
         Tolstikhin et al., 2021, https://arxiv.org/abs/2105.01601
     """
 
-    _normalization = "inception"
-
     def __init__(
         self,
         patch_size=16,
@@ -54,6 +52,7 @@ class MLPMixer(_common.Application):
         input_shape=None,
         include_top=True,
         include_preprocessing=True,
+        normalization="inception",
         weights=None,
         input_tensor=None,
         pooling="avg",
@@ -68,7 +67,7 @@ class MLPMixer(_common.Application):
         _common.check_depths(num_layers=num_layers)
         _common.check_rates(dropout_rate=dropout_rate, drop_path_rate=drop_path_rate)
         inputs, x, input_shape = _common.image_stem(
-            "MLPMixer", input_shape, input_tensor, include_preprocessing, self._normalization, patch_size
+            "MLPMixer", input_shape, input_tensor, include_preprocessing, normalization, patch_size
         )
         x = PatchEmbedding(hidden_dim, patch_size, position_embedding=None, name="patch_embedding")(x)
         x = _common.mixer_blocks(

@@ -47,6 +47,12 @@ def create_model(name, **overrides):
         name: a name from `list_models()`.
         **overrides: constructor arguments replacing the variant's (e.g.
             `input_shape=(64, 64, 3)`, `classes=10`, `include_top=False`).
+            `weights="timm"` loads timm's pretrained checkpoint of the same name,
+            `weights="timm:<timm name>"` another one (e.g.
+            "timm:vit_small_patch16_224.augreg_in1k"), fetched through timm and
+            huggingface_hub; the model takes the checkpoint's normalization, and a
+            `classes` other than the checkpoint's gets a new head (see
+            `keras_vitmix.weights`).
 
     Returns:
         A `keras.Model` of the variant's family, named `name` unless overridden.
@@ -54,9 +60,16 @@ def create_model(name, **overrides):
     Example:
 
     >>> model = create_model("vit_cifar_patch4_32", classes=100)
+    >>> imagenet = create_model("deit_tiny_patch16_224", weights="timm")  # needs the network
     """
     if not isinstance(name, str):
         raise TypeError(f"`name` must be a str from list_models(). Received: name={name!r}")
+    weights = overrides.get("weights")
+    if isinstance(weights, str) and (weights == "timm" or weights.startswith("timm:")):
+        from keras_vitmix.weights import create_from_timm  # imports this module
+
+        model_info(name)  # an unknown name fails before timm is imported
+        return create_from_timm(name, **overrides)
     entry = model_info(name)
     config = {**entry["config"], "name": name, **overrides}
     return entry["family"](**config)

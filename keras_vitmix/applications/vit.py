@@ -4,6 +4,12 @@ Dosovitskiy et al., "An Image is Worth 16x16 Words: Transformers for Image Recog
 at Scale", ICLR 2021 (https://arxiv.org/abs/2010.11929): patches become tokens, a class
 token and position embeddings are added, and a stack of pre-norm Transformer blocks
 classifies from the class token. The 224 px variants match timm's parameter counts.
+
+DeiT (Touvron et al., "Training data-efficient image transformers & distillation
+through attention", ICML 2021, https://arxiv.org/abs/2012.12877) is the same network
+trained on ImageNet alone; its distilled variants add a distillation token with a
+second head (`use_distillation_token=True`), the two heads' logits averaged at
+inference as in timm's `VisionTransformerDistilled`.
 """
 
 import keras
@@ -24,6 +30,10 @@ class ViT(_common.Application):
         num_heads: int, attention heads (must divide `hidden_dim`).
         mlp_dim: int, MLP hidden width; defaults to `4 * hidden_dim`.
         use_class_token: bool, prepend a class token.
+        use_distillation_token: bool, DeiT's distillation token after the class
+            token, read by a second head `head_dist`; the two heads' logits are
+            averaged (with `include_top=False`, the two tokens). Needs
+            `use_class_token=True` and `pooling` "token" or None.
         position_embedding: "learned", "sincos" or None.
         dropout_rate: float, dropout in the blocks.
         attention_dropout: float, dropout on attention probabilities.
@@ -42,8 +52,6 @@ class ViT(_common.Application):
         Dosovitskiy et al., 2021, https://arxiv.org/abs/2010.11929
     """
 
-    _normalization = "inception"
-
     def __init__(
         self,
         patch_size=16,
@@ -52,6 +60,7 @@ class ViT(_common.Application):
         num_heads=12,
         mlp_dim=None,
         use_class_token=True,
+        use_distillation_token=False,
         position_embedding="learned",
         dropout_rate=0.0,
         attention_dropout=0.0,
@@ -61,6 +70,7 @@ class ViT(_common.Application):
         input_shape=None,
         include_top=True,
         include_preprocessing=True,
+        normalization="inception",
         weights=None,
         input_tensor=None,
         pooling="token",
@@ -70,6 +80,8 @@ class ViT(_common.Application):
         **kwargs,
     ):
         poolings = _common.POOLINGS if use_class_token else ("avg", "max", None)
+        if use_distillation_token:  # the two heads read the two tokens, as in timm
+            poolings = ("token", None)
         _common.check_application_args(include_top, pooling, classes, weights, poolings, "ViT")
         _common.check_depths(num_layers=num_layers)
         _common.check_rates(
@@ -77,12 +89,13 @@ class ViT(_common.Application):
         )
         mlp_dim = mlp_dim or 4 * hidden_dim
         inputs, x, input_shape = _common.image_stem(
-            "ViT", input_shape, input_tensor, include_preprocessing, self._normalization, patch_size
+            "ViT", input_shape, input_tensor, include_preprocessing, normalization, patch_size
         )
         x = PatchEmbedding(
             hidden_dim,
             patch_size,
             use_class_token=use_class_token,
+            use_distillation_token=use_distillation_token,
             position_embedding=position_embedding,
             name="patch_embedding",
         )(x)
@@ -100,24 +113,43 @@ class ViT(_common.Application):
             layer_norm_epsilon=layer_norm_epsilon,
         )
         x = keras.layers.LayerNormalization(epsilon=layer_norm_epsilon, name="norm")(x)
-        outputs = _common.pool_and_head(
-            x, pooling, include_top, classes, classifier_activation, int(use_class_token)
-        )
+        if use_distillation_token and pooling == "token":
+            outputs = _common.distilled_pool_and_head(x, include_top, classes, classifier_activation)
+        else:
+            prefix = int(use_class_token) + int(use_distillation_token)
+            outputs = _common.pool_and_head(x, pooling, include_top, classes, classifier_activation, prefix)
         config = _common.constructor_config(ViT, locals())
         self._finish(inputs, outputs, config, weights, name, **kwargs)
 
 
 _common.fill_docstring(ViT)
 
-_VARIANTS = {
-    # name: (patch, hidden, layers, heads, description)
-    "vit_tiny_patch16_224": (16, 192, 12, 3, "ViT-Ti/16 (DeiT-Ti size), 224 px"),
-    "vit_small_patch16_224": (16, 384, 12, 6, "ViT-S/16, 224 px"),
-    "vit_base_patch16_224": (16, 768, 12, 12, "ViT-B/16, 224 px"),
+_SIZES = {
+    # size: (hidden, heads, short name); patch 16, 12 layers, 224 px
+    "tiny": (192, 3, "Ti"),
+    "small": (384, 6, "S"),
+    "base": (768, 12, "B"),
 }
-for _name, (_patch, _dim, _depth, _heads, _doc) in _VARIANTS.items():
-    register_model(_name, ViT, _doc, patch_size=_patch, hidden_dim=_dim, num_layers=_depth, num_heads=_heads)
+for _size, (_dim, _heads, _short) in _SIZES.items():
+    _shape = dict(patch_size=16, hidden_dim=_dim, num_layers=12, num_heads=_heads)
+    register_model(f"vit_{_size}_patch16_224", ViT, f"ViT-{_short}/16, 224 px", **_shape)
+    # DeiT: the same networks trained on ImageNet-1k alone, fed ImageNet's mean and std.
+    register_model(
+        f"deit_{_size}_patch16_224", ViT, f"DeiT-{_short}/16, 224 px, ImageNet normalization",
+        normalization="imagenet", **_shape,
+    )
 
+register_model(
+    "deit_tiny_distilled_patch16_224",
+    ViT,
+    "DeiT-Ti/16 distilled: a distillation token and a second head, logits averaged, 224 px",
+    patch_size=16,
+    hidden_dim=192,
+    num_layers=12,
+    num_heads=3,
+    use_distillation_token=True,
+    normalization="imagenet",
+)
 register_model(
     "vit_cifar_patch4_32",
     ViT,

@@ -3,7 +3,8 @@
 Dosovitskiy et al., "An Image is Worth 16x16 Words", ICLR 2021
 (https://arxiv.org/abs/2010.11929): cut the image into non-overlapping P x P patches
 and project each linearly, which is a convolution with kernel = stride = P; optionally
-prepend a learnable class token and add a position embedding (learned, or the fixed
+prepend a learnable class token (and DeiT's distillation token, Touvron et al. 2021,
+https://arxiv.org/abs/2012.12877) and add a position embedding (learned, or the fixed
 2-D sine-cosine one of Chen et al. 2021, https://arxiv.org/abs/2104.02057).
 """
 
@@ -14,6 +15,7 @@ import numpy as np
 from keras import ops
 
 from keras_vitmix.layers._checks import check_positive_int, to_pair
+from keras_vitmix.layers._resize import bicubic_resize
 
 POSITION_EMBEDDINGS = ("learned", "sincos", None)
 
@@ -34,6 +36,9 @@ def sincos_position_embedding(grid_size, dim, temperature=10000.0):
 
 def resample_position_embedding(embedding, new_grid, old_grid=None, num_prefix_tokens=0):
     """Resizes a learned position embedding to another patch grid (bicubic), as timm does.
+
+    The interpolation is timm's `resample_abs_pos_embed` (PyTorch's antialiased bicubic),
+    computed in NumPy, so every backend gets the same numbers.
 
     Args:
         embedding: array (1, num_prefix_tokens + h * w, D).
@@ -62,9 +67,7 @@ def resample_position_embedding(embedding, new_grid, old_grid=None, num_prefix_t
             f"positions={count} (expected {old_grid[0] * old_grid[1]})"
         )
     if tuple(old_grid) != tuple(new_grid):
-        grid = grid.reshape(1, old_grid[0], old_grid[1], dim)
-        grid = keras.ops.image.resize(grid, new_grid, interpolation="bicubic", antialias=False)
-        grid = np.asarray(keras.ops.convert_to_numpy(grid), np.float32).reshape(1, -1, dim)
+        grid = bicubic_resize(grid.reshape(old_grid[0], old_grid[1], dim), new_grid).reshape(1, -1, dim)
     return np.concatenate([prefix, grid], axis=1)
 
 
@@ -79,6 +82,8 @@ class PatchEmbedding(keras.layers.Layer):
         hidden_dim: int, token dimension D.
         patch_size: int or (int, int), patch height and width P; must divide the image.
         use_class_token: bool, prepend a learnable class token (needs `flatten=True`).
+        use_distillation_token: bool, also prepend DeiT's distillation token, after the
+            class token (needs `use_class_token=True`).
         position_embedding: "learned", "sincos" (fixed 2-D sine-cosine) or None.
         flatten: bool, return tokens (B, N, D) rather than the grid (B, h, w, D).
         **kwargs: base layer keyword arguments.
@@ -88,7 +93,7 @@ class PatchEmbedding(keras.layers.Layer):
             built for.
 
     Returns:
-        Tokens (B, [1 +] h * w, D) when `flatten`, else the grid (B, h, w, D).
+        Tokens (B, [1 [+ 1] +] h * w, D) when `flatten`, else the grid (B, h, w, D).
 
     Example:
 
@@ -107,6 +112,7 @@ class PatchEmbedding(keras.layers.Layer):
         use_class_token=False,
         position_embedding="learned",
         flatten=True,
+        use_distillation_token=False,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -122,7 +128,13 @@ class PatchEmbedding(keras.layers.Layer):
                 "A class token needs a token sequence: `use_class_token=True` requires "
                 "`flatten=True`. Received: flatten=False"
             )
+        if use_distillation_token and not use_class_token:
+            raise ValueError(
+                "A distillation token follows the class token: `use_distillation_token=True` "
+                "requires `use_class_token=True`. Received: use_class_token=False"
+            )
         self.use_class_token = bool(use_class_token)
+        self.use_distillation_token = bool(use_distillation_token)
         self.position_embedding = position_embedding
         self.flatten = bool(flatten)
         self.projection = keras.layers.Conv2D(
@@ -136,7 +148,7 @@ class PatchEmbedding(keras.layers.Layer):
 
     @property
     def num_prefix_tokens(self):
-        return int(self.use_class_token)
+        return int(self.use_class_token) + int(self.use_distillation_token)
 
     @property
     def num_patches(self):
@@ -171,6 +183,12 @@ class PatchEmbedding(keras.layers.Layer):
             self.class_token = self.add_weight(
                 shape=(1, 1, self.hidden_dim), initializer="zeros", name="class_token"
             )
+        if self.use_distillation_token:
+            self.distillation_token = self.add_weight(
+                shape=(1, 1, self.hidden_dim),
+                initializer=keras.initializers.TruncatedNormal(stddev=0.02),
+                name="distillation_token",
+            )
         positions = self.num_prefix_tokens + self.num_patches
         if self.position_embedding == "learned":
             self.position_embeddings = self.add_weight(
@@ -199,8 +217,9 @@ class PatchEmbedding(keras.layers.Layer):
         batch = ops.shape(x)[0]
         x = ops.reshape(x, (batch, self.num_patches, self.hidden_dim))  # (B, N, D)
         if self.use_class_token:
-            token = ops.broadcast_to(ops.cast(self.class_token, x.dtype), (batch, 1, self.hidden_dim))
-            x = ops.concatenate([token, x], axis=1)  # (B, 1 + N, D)
+            tokens = [self.class_token] + ([self.distillation_token] if self.use_distillation_token else [])
+            tokens = [ops.broadcast_to(ops.cast(t, x.dtype), (batch, 1, self.hidden_dim)) for t in tokens]
+            x = ops.concatenate([*tokens, x], axis=1)  # (B, 1 [+ 1] + N, D)
         if self.position_embedding is not None:
             x = x + self._positions()
         return x
@@ -247,6 +266,7 @@ class PatchEmbedding(keras.layers.Layer):
                 "use_class_token": self.use_class_token,
                 "position_embedding": self.position_embedding,
                 "flatten": self.flatten,
+                "use_distillation_token": self.use_distillation_token,
             }
         )
         return config

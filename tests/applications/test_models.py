@@ -18,6 +18,7 @@ TIMM_PARAMS = {
     "mixer_b16_224": 59_880_472,
     "convmixer_768_32": 21_110_248,
     "convmixer_1536_20": 51_625_960,
+    "deit_tiny_distilled_patch16_224": 5_910_800,
 }
 LARGE = {name for name, count in TIMM_PARAMS.items() if count > 20_000_000}
 BATCH = 2
@@ -41,7 +42,24 @@ def params(name):
     return pytest.param(name, marks=marks, id=name)
 
 
-ALL = [params(n) for n in list_models()]
+def architecture(name):
+    """Family and config without `normalization`: variants that differ only in the
+    preprocessing's mean and std (deit_small_patch16_224 and vit_small_patch16_224)
+    build the same graph, so the suite runs once per architecture."""
+    info = model_info(name)
+    config = {k: v for k, v in info["config"].items() if k != "normalization"}
+    return info["family"].__name__, repr(sorted(config.items()))
+
+
+def distinct_architectures(names):
+    """One name per architecture, preferring the one with the family's normalization."""
+    seen = {}
+    for name in sorted(names, key=lambda n: ("normalization" in model_info(n)["config"], n)):
+        seen.setdefault(architecture(name), name)
+    return sorted(seen.values())
+
+
+ALL = [params(n) for n in distinct_architectures(list_models())]
 
 
 @pytest.fixture(scope="module", params=ALL)
@@ -127,7 +145,9 @@ def _feature_shapes(name, shape):
     grid = (shape[0] // patch, shape[1] // patch)
     if family == "ConvMixer":
         return (BATCH, dim), (BATCH, *grid, dim)
-    tokens = grid[0] * grid[1] + int(config.get("use_class_token", family == "ViT"))
+    prefix = int(config.get("use_class_token", family == "ViT"))
+    prefix += int(config.get("use_distillation_token", False))  # DeiT's second token
+    tokens = grid[0] * grid[1] + prefix
     return (BATCH, dim), (BATCH, tokens, dim)
 
 
@@ -137,6 +157,8 @@ def test_include_top_false_with_each_pooling(built):
     pooled, unpooled = _feature_shapes(name, shape)
     base = {**model.get_config(), "include_top": False}
     allowed = ["avg", "max", None] + (["token"] if base.get("use_class_token") else [])
+    if base.get("use_distillation_token"):  # DeiT's two heads read the two tokens
+        allowed = ["token", None]
     for pooling in allowed:
         features = type(model).from_config({**base, "pooling": pooling})
         features.set_weights(_shared_weights(features, model))
@@ -144,11 +166,16 @@ def test_include_top_false_with_each_pooling(built):
         assert out.shape == (unpooled if pooling is None else pooled), pooling
         assert np.all(np.isfinite(out))
     # Pooled features feed the head: the full model equals head(features).
-    default = base.get("pooling")
-    features = type(model).from_config({**base, "pooling": default})
-    features.set_weights(_shared_weights(features, model))
     head = model.get_layer("head")
-    logits = head(features(x))
+    if base.get("use_distillation_token"):  # mean of head(class token), head_dist(distillation token)
+        tokens = type(model).from_config({**base, "pooling": None})
+        tokens.set_weights(_shared_weights(tokens, model))
+        t = tokens(x)
+        logits = (head(t[:, 0]) + model.get_layer("head_dist")(t[:, 1])) / 2
+    else:
+        features = type(model).from_config({**base, "pooling": base.get("pooling")})
+        features.set_weights(_shared_weights(features, model))
+        logits = head(features(x))
     probs = keras.ops.convert_to_numpy(keras.ops.softmax(logits, axis=-1))
     np.testing.assert_allclose(probs, keras.ops.convert_to_numpy(model(x)), atol=1e-5)
 

@@ -129,6 +129,32 @@ def test_learned_embedding_is_added_and_trainable():
             np.testing.assert_allclose(out[:, 0], np.broadcast_to(expected, (lc.BATCH, lc.DIM)), atol=1e-6)
 
 
+def test_distillation_token_follows_the_class_token():
+    layer = built(use_class_token=True, use_distillation_token=True, position_embedding=None)
+    lc.randomize_weights(layer, seed=8)
+    assert layer.num_prefix_tokens == 2
+    plain = built(position_embedding=None)
+    for source, target in zip(layer.projection.weights, plain.projection.weights):
+        target.assign(source)
+    x = lc.random_array(IMAGES, seed=9)
+    out = lc.to_numpy(layer(x))
+    assert out.shape == (lc.BATCH, 2 + lc.TOKENS, lc.DIM)
+    assert tuple(layer.compute_output_shape(IMAGES)) == out.shape
+    for row, token in enumerate((layer.class_token, layer.distillation_token)):
+        np.testing.assert_allclose(out[:, row], np.broadcast_to(lc.to_numpy(token)[0], (lc.BATCH, lc.DIM)))
+    np.testing.assert_allclose(out[:, 2:], lc.to_numpy(plain(x)), atol=1e-6)
+    learned = built(use_class_token=True, use_distillation_token=True)
+    assert tuple(learned.position_embeddings.shape) == (1, 2 + lc.TOKENS, lc.DIM)
+    config = learned.get_config()
+    assert config["use_distillation_token"] is True
+    assert PatchEmbedding.from_config(config).num_prefix_tokens == 2
+
+
+def test_distillation_token_needs_a_class_token():
+    with pytest.raises(ValueError, match="requires `use_class_token=True`"):
+        PatchEmbedding(lc.DIM, PATCH, use_distillation_token=True)
+
+
 @pytest.mark.parametrize("use_class_token, flatten", [(True, True), (False, False)])
 def test_sincos_is_fixed_table(use_class_token, flatten):
     layer = built(position_embedding="sincos", use_class_token=use_class_token, flatten=flatten)
