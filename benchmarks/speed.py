@@ -1,0 +1,229 @@
+"""Speed against timm and keras-hub: inference and a training step, per backend.
+
+Each backend runs in its own process. There, for each model: our model (XLA where the
+backend has it: `jit_compile="auto"`), the same architecture in timm (PyTorch eager, as
+many threads as cores) and, for ViT, keras-hub's `ViTBackbone` with an equal config plus
+the same head, are timed alternately run by run on the same batch; the table reports our
+median time and the median of per-run ratios (ours ÷ reference: below 1 is faster).
+Also: parameters, FLOPs per image (`keras_vitmix.flops`, 2 × MACs), the peak resident
+memory our model added to the process while it ran alone, and the FLOP/s reached.
+
+    python benchmarks/speed.py                                  # all backends, default models
+    python benchmarks/speed.py --backends jax --models vit_tiny_patch16_224 --repeats 5
+"""
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+# name: (timm name or None, overrides of ours and timm's depth for time)
+MODELS = {
+    "vit_tiny_patch16_224": ("vit_tiny_patch16_224", {}),
+    "mixer_s16_224": ("mixer_s16_224", {}),
+    "convmixer_768_32": ("convmixer_768_32", {"num_layers": 4}),
+    "hybrid_mixer_vit_cifar_patch4_32": (None, {}),
+    "hybrid_convmixer_mixer_cifar_patch2_32": (None, {}),
+}
+
+
+def parse(argv):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--backends", nargs="+", default=["tensorflow", "jax", "torch"])
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=5, help="timed runs of each side")
+    parser.add_argument("--results", default=str(REPO / "benchmarks" / "RESULTS.md"))
+    parser.add_argument("--no-record", action="store_true")
+    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)  # the backend, in a child
+    return parser.parse_args(argv)
+
+
+def peak_rss_mb():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def timed(fn):
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def compare(ours, references, repeats):
+    """Alternating runs: our median seconds and {reference: median(ours_i / ref_i)}."""
+    for fn in [ours, *references.values()]:  # warm-up: tracing and compiling
+        fn()
+        fn()
+    runs = {"ours": [], **{name: [] for name in references}}
+    for _ in range(repeats):
+        runs["ours"].append(timed(ours))
+        for name, fn in references.items():
+            runs[name].append(timed(fn))
+    ratios = {name: statistics.median(o / r for o, r in zip(runs["ours"], runs[name])) for name in references}
+    return statistics.median(runs["ours"]), ratios
+
+
+def ours_runners(name, overrides, batch):
+    import keras
+    import numpy as np
+
+    from keras_vitmix.applications import create_model
+
+    model = create_model(name, **overrides)
+    x = np.random.default_rng(0).uniform(0, 255, (batch, *model.input_shape[1:])).astype("float32")
+    y = np.arange(batch) % model.output_shape[-1]
+    model.compile(optimizer=keras.optimizers.AdamW(1e-4), loss="sparse_categorical_crossentropy")
+    return model, {
+        "infer1": lambda: model.predict_on_batch(x[:1]),
+        "infer": lambda: model.predict_on_batch(x),
+        "train": lambda: model.train_on_batch(x, y),
+    }
+
+
+def timm_runners(timm_name, overrides, batch, size):
+    import torch
+
+    from keras_vitmix.weights import import_timm  # timm beside TensorFlow needs care
+
+    timm = import_timm()
+
+    torch.set_num_threads(os.cpu_count())
+    kwargs = {"depth": overrides["num_layers"]} if "num_layers" in overrides else {}
+    net = timm.create_model(timm_name, pretrained=False, **kwargs)
+    x = torch.randn(batch, 3, size, size)
+    y = torch.arange(batch) % 1000
+    optimizer = torch.optim.AdamW(net.parameters(), lr=1e-4)
+    loss_fn = torch.nn.CrossEntropyLoss()
+
+    def infer(images):
+        net.eval()
+        with torch.inference_mode():
+            net(images)
+
+    def train():
+        net.train()
+        optimizer.zero_grad(set_to_none=True)
+        loss_fn(net(x), y).backward()
+        optimizer.step()
+
+    return {"infer1": lambda: infer(x[:1]), "infer": lambda: infer(x), "train": train}
+
+
+def keras_hub_runners(model, batch):
+    """keras-hub's ViTBackbone with our model's config, class token and the same head."""
+    import keras
+    import keras_hub
+    import numpy as np
+
+    config = model.get_config()
+    backbone = keras_hub.models.ViTBackbone(
+        image_shape=model.input_shape[1:], patch_size=config["patch_size"], num_layers=config["num_layers"],
+        num_heads=config["num_heads"], hidden_dim=config["hidden_dim"], mlp_dim=config["mlp_dim"] or 4 * config["hidden_dim"],
+    )
+    inputs = keras.Input(model.input_shape[1:])
+    outputs = keras.layers.Dense(config["classes"], activation="softmax")(backbone(inputs)[:, 0])
+    hub = keras.Model(inputs, outputs)
+    hub.compile(optimizer=keras.optimizers.AdamW(1e-4), loss="sparse_categorical_crossentropy")
+    x = np.random.default_rng(0).uniform(0, 1, (batch, *model.input_shape[1:])).astype("float32")
+    y = np.arange(batch) % config["classes"]
+    return {
+        "infer1": lambda: hub.predict_on_batch(x[:1]),
+        "infer": lambda: hub.predict_on_batch(x),
+        "train": lambda: hub.train_on_batch(x, y),
+    }
+
+
+def worker(args):
+    import keras
+
+    from keras_vitmix.flops import count_flops
+
+    rows = []
+    for name in args.models:
+        timm_name, overrides = MODELS[name]
+        before = peak_rss_mb()
+        model, ours = ours_runners(name, overrides, args.batch_size)
+        for fn in ours.values():  # alone first, for our memory
+            fn()
+        memory = peak_rss_mb() - before
+        references = {}
+        if timm_name:
+            references["timm"] = timm_runners(timm_name, overrides, args.batch_size, model.input_shape[1])
+        if name.startswith("vit_"):
+            references["keras-hub"] = keras_hub_runners(model, args.batch_size)
+        row = dict(backend=keras.backend.backend(), model=name, depth=overrides.get("num_layers"),
+                   params=model.count_params(), flops=count_flops(model)["flops"], peak_mb=memory)
+        for task in ("infer1", "infer", "train"):
+            seconds, ratios = compare(ours[task], {k: v[task] for k, v in references.items()}, args.repeats)
+            row[task] = dict(seconds=seconds, ratios=ratios)
+        rows.append(row)
+        print("ROW" + json.dumps(row), flush=True)
+
+
+def run_backend(backend, args):
+    command = [sys.executable, __file__, "--worker", backend, "--models", *args.models,
+               "--batch-size", str(args.batch_size), "--repeats", str(args.repeats)]
+    env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    result = subprocess.run(command, env=env, capture_output=True, text=True)
+    rows = [json.loads(line[3:]) for line in result.stdout.splitlines() if line.startswith("ROW")]
+    if result.returncode != 0:
+        print(f"{backend}: worker failed (exit {result.returncode}):\n{result.stderr[-3000:]}", file=sys.stderr)
+    return rows
+
+
+def ratio(row, task, reference):
+    value = row[task]["ratios"].get(reference)
+    return f"{value:.2f}×" if value is not None else "–"
+
+
+def format_table(rows, batch):
+    lines = [
+        f"| backend | model | params | GFLOPs/img | infer b1 | ÷timm | infer b{batch} | ÷timm | ÷keras-hub "
+        f"| train b{batch} | ÷timm | ÷keras-hub | GFLOP/s (infer) | peak MB |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        name = r["model"] + (f" (depth {r['depth']})" if r["depth"] else "")
+        throughput = batch / r["infer"]["seconds"]
+        lines.append(
+            f"| {r['backend']} | `{name}` | {r['params']:,} | {r['flops'] / 1e9:.2f} "
+            f"| {r['infer1']['seconds'] * 1e3:.1f} ms | {ratio(r, 'infer1', 'timm')} "
+            f"| {throughput:.1f} img/s | {ratio(r, 'infer', 'timm')} | {ratio(r, 'infer', 'keras-hub')} "
+            f"| {r['train']['seconds'] * 1e3:.0f} ms | {ratio(r, 'train', 'timm')} | {ratio(r, 'train', 'keras-hub')} "
+            f"| {throughput * r['flops'] / 1e9:.1f} | {r['peak_mb']:.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    args = parse(argv)
+    if args.worker:
+        return worker(args)
+    rows = []
+    for backend in args.backends:
+        rows += run_backend(backend, args)
+        print(format_table(rows, args.batch_size), flush=True)
+    if rows and not args.no_record:
+        machine = f"{platform.machine()}, {os.cpu_count()} cores"
+        command = "python benchmarks/speed.py " + " ".join(sys.argv[1:])
+        with open(args.results, "a") as handle:
+            handle.write(
+                f"\n## Speed against timm and keras-hub — {datetime.date.today()}\n\n"
+                f"Machine: {machine}. Command: `{command.strip()}`. Medians of {args.repeats} alternating "
+                "runs; ÷ columns are medians of per-run ratios (ours ÷ reference, below 1 = we are faster). "
+                "timm runs PyTorch eager in the same process; keras-hub runs under the same backend.\n\n"
+                f"{format_table(rows, args.batch_size)}\n"
+            )
+        print(f"Appended to {args.results}")
+
+
+if __name__ == "__main__":
+    main()
