@@ -47,6 +47,10 @@ class DatasetInfo:
     flip_invariant: bool = True
 
 
+class DatasetUnavailableError(ValueError):
+    """A TFDS dataset that exists but cannot be downloaded or prepared here (offline?)."""
+
+
 def load(
     name_or_path="digits",
     split="train",
@@ -109,6 +113,28 @@ def load(
     else:
         ds, info = _tfds(name, split, image_size, validation_fraction, data_dir)
     return _finish(ds, info, batch_size, augment if split == "train" else False, shuffle, seed), info
+
+
+def resolve(name_or_path="cifar10", fallback="digits", data_dir=None):
+    """The dataset to use: `name_or_path` where it loads here, else `fallback`; says which.
+
+    For code whose default is a TFDS dataset but that must also run offline (the
+    tutorials): a TFDS dataset that cannot be downloaded or prepared gives way to
+    `fallback`; unknown names and missing folders still raise. `data_dir` as in `load`.
+
+    Returns:
+        `(name, info)`: the name or path to pass to `load`, and its train split's
+        `DatasetInfo`. One line is printed: the dataset used, and why when it fell back.
+    """
+    name, reason = name_or_path, ""
+    try:
+        _, info = load(name, "train", batch_size=1, data_dir=data_dir)
+    except DatasetUnavailableError as error:
+        name, reason = fallback, f" ({name_or_path!r} is unavailable here: {str(error).rsplit('Original error: ')[-1]})"
+        _, info = load(name, "train", batch_size=1, data_dir=data_dir)
+    print(f"Dataset: {info.name} ({info.source}, {info.num_examples:,} training images, "
+          f"{info.num_classes} classes){reason}")
+    return os.fspath(name), info
 
 
 def as_image_size(image_size):
@@ -273,7 +299,7 @@ def _tfds(name, split, image_size, validation_fraction, data_dir):
     try:
         builder.download_and_prepare()
     except Exception as error:
-        raise ValueError(
+        raise DatasetUnavailableError(
             f"Could not download or prepare the TFDS dataset {name!r} (offline?). Ways out: the "
             "embedded dataset ('digits'), a local folder in train/<class>/*.jpg layout, or "
             "TFDS_DATA_DIR / data_dir pointing at a directory where the dataset is already "

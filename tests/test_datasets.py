@@ -154,6 +154,26 @@ def test_tfds_offline_names_the_way_out(monkeypatch):
     assert "'cifar10'" in message and "digits" in message and "TFDS_DATA_DIR" in message
 
 
+def test_resolve_falls_back_only_when_unavailable(monkeypatch, capsys):
+    import tensorflow_datasets as tfds
+
+    with tfds.testing.mock_data(num_examples=12):
+        name, info = datasets.resolve("cifar10")
+    assert name == "cifar10" and info.source == "tfds"
+    assert capsys.readouterr().out.startswith("Dataset: cifar10 (tfds, 12 training images, 10 classes)")
+
+    def offline(self, *args, **kwargs):
+        raise ConnectionError("no network")
+
+    monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare", offline)
+    name, info = datasets.resolve("cifar10", data_dir="/nonexistent-tfds-dir")
+    assert name == "digits" and info.name == "digits" and info.num_examples == 1257
+    out = capsys.readouterr().out
+    assert "Dataset: digits (embedded" in out and "'cifar10' is unavailable here: ConnectionError: no network" in out
+    with pytest.raises(ValueError, match="Unknown dataset"):  # a typo is not "unavailable"
+        datasets.resolve("cifar-ten")
+
+
 @pytest.mark.parametrize(
     "kwargs, match",
     [

@@ -1,0 +1,200 @@
+"""Measured compute cost: inference time against the number of tokens, and its figures.
+
+Self-attention compares every token with every other, so its cost grows as N^2 in the
+number of tokens N (Vaswani et al., 2017, https://arxiv.org/abs/1706.03762, table 1);
+MLP-Mixer's token-mixing MLP (Tolstikhin et al., 2021, https://arxiv.org/abs/2105.01601)
+and ConvMixer's depthwise convolutions (Trockman & Kolter, 2022,
+https://arxiv.org/abs/2201.09792) grow as N. These helpers time inference on the machine
+at hand, fit the exponent of the power law, and draw it; the tutorials use them. The two
+figures live here, beside the numbers they draw, rather than in `plotting` (already near
+the style guide's 400 lines).
+
+Timings are wall-clock medians on whatever else the machine is doing: compare curves
+measured together, in one process, and read exponents from the larger sizes, where fixed
+per-call overhead no longer dominates.
+"""
+
+import collections
+import math
+import time
+
+import numpy as np
+
+from keras_vitmix.applications import create_model
+from keras_vitmix.inspection import patch_grid
+from keras_vitmix.plotting import _pyplot
+
+Measurement = collections.namedtuple("Measurement", "label tokens seconds parameters")
+Measurement.__doc__ = """Inference time at several sizes: `tokens`, `seconds` (median per call) and
+`parameters` are NumPy arrays, one entry per size."""
+
+
+def time_forward(model, inputs, repeats=5, warmup=1):
+    """Median wall time of one inference call, `model.predict_on_batch(inputs)`.
+
+    `predict_on_batch` runs the backend's compiled predict step (XLA under jax,
+    `tf.function` under tensorflow, eager under torch) and returns NumPy arrays, so the
+    time includes waiting for the result. The `warmup` calls (compilation) are not timed.
+
+    Args:
+        model: a `keras.Model`.
+        inputs: a batch the model accepts.
+        repeats: int >= 1, timed calls.
+        warmup: int >= 0, untimed calls first.
+
+    Returns:
+        float, seconds.
+
+    Example:
+
+    >>> model = keras_vitmix.applications.create_model("seed_convmixer")
+    >>> seconds = time_forward(model, np.zeros((8, 32, 32, 3), "float32"))
+    """
+    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
+        raise ValueError(f"`repeats` must be an integer >= 1. Received: repeats={repeats!r}")
+    for _ in range(warmup):
+        model.predict_on_batch(inputs)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        model.predict_on_batch(inputs)
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
+def _tokens(model):
+    """Patches for an image model (its PatchEmbedding grid), else the input's length."""
+    try:
+        return math.prod(patch_grid(model).grid_shape)
+    except ValueError:
+        return model.input_shape[1]
+
+
+def cost_vs_tokens(build, sizes, batch_size=1, repeats=5, label=None, **overrides):
+    """Times inference of a model built at each size; see `Measurement`.
+
+    Args:
+        build: a registered model name (built with `input_shape=(size, size, 3)`), or a
+            callable `build(size) -> keras.Model`: an image model, or a model of token
+            sequences (B, N, D) whose N is `size`.
+        sizes: image sizes (for image models) or token counts, increasing.
+        batch_size: int, inputs per call: random pixels in [0, 255] for images,
+            standard-normal tokens otherwise.
+        repeats: int, timed calls per size (the median is kept).
+        label: the curve's name; defaults to the model name.
+        **overrides: constructor arguments for a registered name (e.g. `hidden_dim=64`).
+
+    Returns:
+        A `Measurement`; `tokens` is the patch count for image models.
+
+    Example:
+
+    >>> vit = cost_vs_tokens("vit_cifar_patch4_32", [16, 32], num_layers=1)
+    >>> vit.tokens
+    array([16, 64])
+    """
+    if isinstance(build, str):
+        name = build
+
+        def build(size):
+            return create_model(name, input_shape=(size, size, 3), **overrides)
+
+    elif overrides:
+        raise ValueError(f"Constructor overrides need a registered name. Received: {sorted(overrides)}")
+    rng = np.random.default_rng(0)
+    tokens, seconds, parameters = [], [], []
+    for size in sizes:
+        model = build(size)
+        shape = (batch_size, *model.input_shape[1:])
+        if len(shape) == 4:
+            inputs = rng.uniform(0, 255, shape).astype("float32")
+        else:
+            inputs = rng.standard_normal(shape).astype("float32")
+        seconds.append(time_forward(model, inputs, repeats))
+        tokens.append(_tokens(model))
+        parameters.append(model.count_params())
+        label = label or model.name
+    return Measurement(label, np.array(tokens), np.array(seconds), np.array(parameters))
+
+
+def power_law_exponent(tokens, seconds, last=None):
+    """The exponent k of seconds ~ tokens^k: the least-squares slope in log-log.
+
+    Args:
+        tokens, seconds: arrays of one length, >= 2 positive values.
+        last: int, fit only the `last` largest sizes (small sizes mostly measure the
+            fixed cost of a call); all when None.
+
+    Returns:
+        float.
+
+    Example:
+
+    >>> power_law_exponent([10, 100, 1000], [1e-3, 1e-1, 1e1])
+    2.0
+    """
+    x, y = np.log(np.asarray(tokens, float)), np.log(np.asarray(seconds, float))
+    if x.shape != y.shape or x.ndim != 1 or len(x) < 2:
+        raise ValueError(f"`tokens` and `seconds` must be 1-D of one length >= 2. Received: shapes "
+                         f"{np.shape(tokens)} and {np.shape(seconds)}")
+    last = len(x) if last is None else max(2, last)
+    return round(float(np.polyfit(x[-last:], y[-last:], 1)[0]), 6)
+
+
+def cost_curves(measurements, last=None):
+    """Inference time against tokens, log-log, one line per measurement (and slopes 1, 2).
+
+    Args:
+        measurements: a `Measurement` or a list of them.
+        last: passed to `power_law_exponent` for the exponents in the legend.
+
+    Returns:
+        A Figure with one log-log axis; each curve's legend gives its fitted exponent.
+        Dotted reference lines of slope 1 and 2 start at the first curve's first point.
+
+    Example:
+
+    >>> fig = cost_curves(Measurement("toy", np.array([4, 16]), np.array([1e-3, 4e-3]), np.array([10, 10])))
+    """
+    measurements = [measurements] if isinstance(measurements, Measurement) else list(measurements)
+    fig, ax = _pyplot().subplots(figsize=(5.5, 4), constrained_layout=True)
+    for m in measurements:
+        exponent = power_law_exponent(m.tokens, m.seconds, last)
+        ax.plot(m.tokens, np.asarray(m.seconds) * 1e3, "-o", markersize=4, label=f"{m.label} (~N^{exponent:.2f})")
+    first = measurements[0]
+    x = np.array([first.tokens[0], max(m.tokens[-1] for m in measurements)], float)
+    for slope, style in ((1, ":"), (2, "--")):
+        ax.plot(x, first.seconds[0] * 1e3 * (x / x[0]) ** slope, style, color="gray", linewidth=1,
+                label=f"slope {slope}")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("tokens N (patches)")
+    ax.set_ylabel("inference time per batch (ms)")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    return fig
+
+
+def speed_accuracy(results):
+    """Accuracy against inference time, one labelled point per model: the trade-off.
+
+    Args:
+        results: dict `{label: (seconds, accuracy)}`, e.g. seconds per batch from
+            `time_forward` and test accuracy in [0, 1].
+
+    Returns:
+        A Figure with one axis: x = inference time (ms), y = accuracy (%).
+
+    Example:
+
+    >>> fig = speed_accuracy({"ViT": (0.02, 0.91), "Mixer": (0.01, 0.88)})
+    """
+    fig, ax = _pyplot().subplots(figsize=(5, 4), constrained_layout=True)
+    for label, (seconds, accuracy) in results.items():
+        ax.scatter(seconds * 1e3, accuracy * 100, s=30)
+        ax.annotate(label, (seconds * 1e3, accuracy * 100), textcoords="offset points", xytext=(5, 4), fontsize=9)
+    ax.set_xlabel("inference time per batch (ms)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.grid(alpha=0.3)
+    return fig
+

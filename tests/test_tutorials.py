@@ -1,0 +1,121 @@
+"""tutorials/: every notebook runs end to end with small parameters, and is committed clean.
+
+The notebooks execute once, in a Jupyter kernel, under the jax job of `make test` (the one
+with the most time to spare); KERAS_VITMIX_TUTORIALS=1 runs them under any backend:
+
+    KERAS_BACKEND=torch KERAS_VITMIX_TUTORIALS=1 python -m pytest tests/test_tutorials.py
+
+The kernel imports this checkout's keras_vitmix (PYTHONPATH is the repository root).
+"""
+
+import ast
+import os
+import pathlib
+import sys
+import time
+
+import keras
+import pytest
+
+nbformat = pytest.importorskip("nbformat")
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+TUTORIALS = REPO / "tutorials"
+NOTEBOOKS = sorted(TUTORIALS.glob("*.ipynb"))
+CHAPTERS = [
+    "01_attention", "02_vit", "03_visualizing_attention", "04_mlp_mixer", "05_hybrid_mixer_vit", "06_conv_mixer",
+]
+
+# Small enough that the six notebooks run in about two minutes on a 2-core CPU; every
+# name must be a parameter of the notebook (checked), so a renamed parameter fails here.
+# BATCH_SIZE 419 divides the 1,257 training digits (and one batch holds each evaluation
+# split): under jax, one compiled step per function instead of two (full and last batch).
+SMALL = {"DATASET": "digits", "EPOCHS": 1, "BATCH_SIZE": 419, "REPEATS": 1}
+OVERRIDES = {
+    "01_attention": {"HIDDEN_DIM": 16, "NUM_HEADS": 2, "COST_TOKENS": [16, 32, 64]},
+    "02_vit": {"HIDDEN_DIM": 16, "NUM_LAYERS": 1, "NUM_HEADS": 2},
+    "03_visualizing_attention": {"IMAGE_SIZE": 36, "HIDDEN_DIM": 16},
+    "04_mlp_mixer": {"HIDDEN_DIM": 16, "NUM_LAYERS": 1, "COST_SIZES": [16, 32]},
+    "05_hybrid_mixer_vit": {"HIDDEN_DIM": 16, "DEPTH": 2, "NUM_HEADS": 2},
+    "06_conv_mixer": {
+        "HIDDEN_DIM": 16, "DEPTH": 2, "PATCH_SIZE": 4, "SPEED_BATCH": 4,
+        "SPEED_MODELS": ["seed_mixer", "seed_convmixer"],
+    },
+}
+
+
+def read(path):
+    return nbformat.read(path, as_version=4)
+
+
+def parameters_cell(notebook):
+    tagged = [c for c in notebook.cells if "parameters" in c.metadata.get("tags", [])]
+    assert len(tagged) == 1 and tagged[0].cell_type == "code", "one code cell tagged 'parameters'"
+    return tagged[0]
+
+
+def parameter_names(cell):
+    return {t.id for node in ast.parse(cell.source).body if isinstance(node, ast.Assign) for t in node.targets}
+
+
+def test_the_six_chapters_are_there_and_listed():
+    assert [p.stem for p in NOTEBOOKS] == CHAPTERS
+    readme = (TUTORIALS / "README.md").read_text()
+    for chapter in CHAPTERS:
+        assert f"{chapter}.ipynb" in readme
+    assert "KERAS_BACKEND" in readme
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_committed_clean_with_a_parameters_cell(path):
+    notebook = read(path)
+    nbformat.validate(notebook)
+    for cell in notebook.cells:
+        if cell.cell_type == "code":
+            assert cell.outputs == [] and cell.execution_count is None, f"outputs left in {path.name}"
+    names = parameter_names(parameters_cell(notebook))
+    assert {"DATASET", "IMAGE_SIZE"} <= names, names
+    assert set(OVERRIDES[path.stem]) <= names
+    assert "EPOCHS" in names or path.stem == "01_attention"  # chapter 1 trains nothing
+
+
+def run_notebook(path, output_dir, monkeypatch):
+    """Executes `path` with SMALL parameters in a kernel under this process's backend."""
+    from nbclient import NotebookClient
+
+    notebook = read(path)
+    cell = parameters_cell(notebook)
+    names = parameter_names(cell)
+    overrides = {**{k: v for k, v in SMALL.items() if k in names}, **OVERRIDES[path.stem]}
+    if "OUTPUT_DIR" in names:
+        overrides["OUTPUT_DIR"] = str(output_dir)
+    cell.source += "\n\n# test overrides\n" + "\n".join(f"{k} = {v!r}" for k, v in overrides.items())
+    check = "import keras_vitmix\nassert keras_vitmix.__file__.startswith({!r}), keras_vitmix.__file__"
+    notebook.cells.insert(notebook.cells.index(cell) + 1, nbformat.v4.new_code_cell(check.format(str(REPO))))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+    # ipykernel's installed kernel.json starts "python" from PATH: make it this interpreter
+    # (make test runs .venv/bin/python without activating the environment).
+    monkeypatch.setenv("PATH", os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")]))
+    monkeypatch.setenv("KERAS_BACKEND", keras.backend.backend())
+    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "3")
+    monkeypatch.setenv("MPLBACKEND", "Agg")  # no inline PNGs to render
+    # XLA's optimization passes dominate the kernels' time at these sizes: compile lightly.
+    monkeypatch.setenv("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
+    client = NotebookClient(
+        notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(REPO)}}
+    )
+    start = time.perf_counter()
+    client.execute()  # raises CellExecutionError, naming the cell, on any error
+    return notebook, time.perf_counter() - start
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_runs(path, tmp_path, monkeypatch):
+    if keras.backend.backend() != "jax" and os.environ.get("KERAS_VITMIX_TUTORIALS") != "1":
+        pytest.skip("notebooks execute once, under the jax job, to keep CI time (KERAS_VITMIX_TUTORIALS=1 forces)")
+    pytest.importorskip("nbclient")
+    notebook, seconds = run_notebook(path, tmp_path, monkeypatch)
+    outputs = [o for c in notebook.cells if c.cell_type == "code" for o in c.outputs]
+    assert not [o for o in outputs if o.output_type == "error"]
+    print(f"{path.stem}: {seconds:.1f} s under {keras.backend.backend()}")
