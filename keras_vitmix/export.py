@@ -63,9 +63,10 @@ def export(
         format: "tf_saved_model" (TensorFlow Serving, `tf.saved_model.load`) or "onnx"
             (onnxruntime; needs the `tf2onnx` package).
         image_dtype: dtype of the served images. "uint8" (default): pixels as decoded
-            from an image file. "float32": pixel values in [0, 255] as floats; use it for
-            a model built with `include_preprocessing=False`, whose float inputs are
-            already normalized.
+            from an image file. "float32": the model's own float input, i.e. pixels in
+            [0, 255] as floats, or, for a model built with
+            `include_preprocessing=False`, already normalized values (such a model
+            needs "float32").
         batch_size: None for any batch size (the default), or a fixed batch size.
         overwrite: bool, whether to replace an existing export at `path`.
         opset: ONNX opset version (default: tf2onnx's). Only for "onnx".
