@@ -18,8 +18,9 @@ import platform
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
+
+from _timing import alternate, median_ratio  # benchmarks/ is the script's folder
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_MODELS = ["vit_tiny_patch16_224", "mixer_s16_224", "hybrid_mixer_vit_cifar_patch4_32", "hybrid_convmixer_mixer_cifar_patch2_32"]
@@ -59,21 +60,12 @@ def measure(run, images, repeats):
     """Median seconds per call of each runner, and median per-run ratios to Keras."""
     import numpy as np
 
-    outputs = {name: fn(images) for name, fn in run.items()}  # warm-up (tracing, compiling)
+    outputs = {name: fn(images) for name, fn in run.items()}
     for name in run:
-        for _ in range(2):
-            run[name](images)
         diff = float(np.max(np.abs(outputs[name] - outputs["keras"])))
         assert diff < 1e-3, f"{name} disagrees with Keras by {diff}"
-    times = {name: [] for name in run}
-    for _ in range(repeats):
-        for name, fn in run.items():  # alternating, so drifts in machine load hit all alike
-            start = time.perf_counter()
-            fn(images)
-            times[name].append(time.perf_counter() - start)
-    ratios = {
-        name: statistics.median(t / k for t, k in zip(times[name], times["keras"])) for name in run if name != "keras"
-    }
+    times = alternate({name: (lambda fn=fn: fn(images)) for name, fn in run.items()}, repeats)
+    ratios = {name: median_ratio(times[name], times["keras"]) for name in run if name != "keras"}
     return {name: statistics.median(t) for name, t in times.items()}, ratios
 
 

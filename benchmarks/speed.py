@@ -21,8 +21,9 @@ import resource
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
+
+from _timing import alternate, median_ratio  # benchmarks/ is the script's folder
 
 REPO = Path(__file__).resolve().parents[1]
 # name: (timm name or None, overrides of ours and timm's depth for time)
@@ -51,24 +52,11 @@ def peak_rss_mb():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def timed(fn):
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
-
-
 def compare(ours, references, repeats):
     """Alternating runs: our median seconds and {reference: median(ours_i / ref_i)}."""
-    for fn in [ours, *references.values()]:  # warm-up: tracing and compiling
-        fn()
-        fn()
-    runs = {"ours": [], **{name: [] for name in references}}
-    for _ in range(repeats):
-        runs["ours"].append(timed(ours))
-        for name, fn in references.items():
-            runs[name].append(timed(fn))
-    ratios = {name: statistics.median(o / r for o, r in zip(runs["ours"], runs[name])) for name in references}
-    return statistics.median(runs["ours"]), ratios
+    times = alternate({"ours": ours, **references}, repeats)
+    ratios = {name: median_ratio(times["ours"], times[name]) for name in references}
+    return statistics.median(times["ours"]), ratios
 
 
 def ours_runners(name, overrides, batch):
