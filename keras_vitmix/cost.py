@@ -5,8 +5,8 @@ number of tokens N (Vaswani et al., 2017, https://arxiv.org/abs/1706.03762, tabl
 MLP-Mixer's token-mixing MLP (Tolstikhin et al., 2021, https://arxiv.org/abs/2105.01601)
 and ConvMixer's depthwise convolutions (Trockman & Kolter, 2022,
 https://arxiv.org/abs/2201.09792) grow as N. These helpers time inference on the machine
-at hand, fit the exponent of the power law, and draw it; the tutorials use them. The two
-figures live here, beside the numbers they draw, rather than in `plotting` (already near
+at hand, measure the memory a call adds, fit the exponent of the power law, and draw it;
+the tutorials and benchmarks/scaling.py use them. The two figures live here, beside the numbers they draw, rather than in `plotting` (already near
 the style guide's 400 lines).
 
 Timings are wall-clock medians on whatever else the machine is doing: compare curves
@@ -15,6 +15,8 @@ per-call overhead no longer dominates.
 """
 
 import collections
+import ctypes
+import ctypes.util
 import math
 import time
 
@@ -117,6 +119,49 @@ def cost_vs_tokens(build, sizes, batch_size=1, repeats=5, label=None, **override
     return Measurement(label, np.array(tokens), np.array(seconds), np.array(parameters))
 
 
+def peak_memory(fn):
+    """Resident memory that one call of `fn()` adds at its peak, in bytes (Linux).
+
+    Hands freed heap memory back to the OS first (glibc `malloc_trim`), resets the
+    process's resident high-water mark (`/proc/self/clear_refs`), calls `fn()`, and
+    returns the high-water mark (`VmHWM`) minus the resident size just before. It counts
+    the pages the call touches beyond what was resident: activations, workspaces and
+    outputs; not the weights (already resident), nor buffers a backend keeps in a pool
+    of its own and reuses. Call `fn` once beforehand so compilation is not counted.
+
+    Args:
+        fn: a callable of no arguments.
+
+    Returns:
+        int, bytes (0 or more); None where the OS offers no resettable high-water mark.
+
+    Example:
+
+    >>> peak_memory(lambda: np.ones(2**25, "uint8")) >= 2**24  # 32 MiB allocated
+    True
+    """
+    libc = ctypes.util.find_library("c")
+    if libc and hasattr(ctypes.CDLL(libc), "malloc_trim"):
+        ctypes.CDLL(libc).malloc_trim(0)
+    try:
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")  # VmHWM := VmRSS (Linux >= 4.0)
+    except OSError:
+        return None
+    before = _status_bytes("VmRSS")
+    fn()
+    return max(0, _status_bytes("VmHWM") - before)
+
+
+def _status_bytes(key):
+    """A memory line of /proc/self/status (reported in kB), in bytes."""
+    with open("/proc/self/status") as handle:
+        for line in handle:
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) * 1024
+    raise OSError(f"/proc/self/status has no {key}")
+
+
 def power_law_exponent(tokens, seconds, last=None):
     """The exponent k of seconds ~ tokens^k: the least-squares slope in log-log.
 
@@ -141,38 +186,45 @@ def power_law_exponent(tokens, seconds, last=None):
     return round(float(np.polyfit(x[-last:], y[-last:], 1)[0]), 6)
 
 
-def cost_curves(measurements, last=None):
+def cost_curves(measurements, last=None, ax=None, scale=1e3, ylabel="inference time per batch (ms)"):
     """Inference time against tokens, log-log, one line per measurement (and slopes 1, 2).
 
     Args:
         measurements: a `Measurement` or a list of them.
         last: passed to `power_law_exponent` for the exponents in the legend.
+        ax: a matplotlib axis to draw into (one panel of a larger figure); a new
+            figure when None.
+        scale, ylabel: the y axis shows `seconds * scale`, under `ylabel`. The defaults
+            plot milliseconds; another positive quantity stored in `seconds` (bytes,
+            say) plots with its own `scale` and `ylabel`.
 
     Returns:
-        A Figure with one log-log axis; each curve's legend gives its fitted exponent.
-        Dotted reference lines of slope 1 and 2 start at the first curve's first point.
+        The Figure holding the log-log axis; each curve's legend gives its fitted
+        exponent. Dotted reference lines of slope 1 and 2 start at the first curve's
+        first point.
 
     Example:
 
     >>> fig = cost_curves(Measurement("toy", np.array([4, 16]), np.array([1e-3, 4e-3]), np.array([10, 10])))
     """
     measurements = [measurements] if isinstance(measurements, Measurement) else list(measurements)
-    fig, ax = _pyplot().subplots(figsize=(5.5, 4), constrained_layout=True)
+    if ax is None:
+        _, ax = _pyplot().subplots(figsize=(5.5, 4), constrained_layout=True)
     for m in measurements:
         exponent = power_law_exponent(m.tokens, m.seconds, last)
-        ax.plot(m.tokens, np.asarray(m.seconds) * 1e3, "-o", markersize=4, label=f"{m.label} (~N^{exponent:.2f})")
+        ax.plot(m.tokens, np.asarray(m.seconds) * scale, "-o", markersize=4, label=f"{m.label} (~N^{exponent:.2f})")
     first = measurements[0]
     x = np.array([first.tokens[0], max(m.tokens[-1] for m in measurements)], float)
     for slope, style in ((1, ":"), (2, "--")):
-        ax.plot(x, first.seconds[0] * 1e3 * (x / x[0]) ** slope, style, color="gray", linewidth=1,
+        ax.plot(x, first.seconds[0] * scale * (x / x[0]) ** slope, style, color="gray", linewidth=1,
                 label=f"slope {slope}")
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("tokens N (patches)")
-    ax.set_ylabel("inference time per batch (ms)")
+    ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
-    return fig
+    return ax.figure
 
 
 def speed_accuracy(results):

@@ -85,3 +85,20 @@ def test_speed_accuracy_places_each_model():
     points = np.concatenate([c.get_offsets() for c in ax.collections])
     np.testing.assert_allclose(points, [[20.0, 91.0], [10.0, 88.5]])
     assert [t.get_text() for t in ax.texts] == ["ViT", "Mixer"]
+
+
+def test_peak_memory_counts_what_a_call_allocates():
+    allocated = cost.peak_memory(lambda: np.ones(2**26, "uint8"))  # 64 MiB, touched
+    if allocated is None:
+        pytest.skip("no resettable resident high-water mark on this OS")
+    assert 2**26 * 0.9 <= allocated <= 2**26 * 1.5
+    assert cost.peak_memory(lambda: None) < 2**22  # nothing allocated: a few pages at most
+
+
+def test_cost_curves_into_a_given_axis_with_its_own_unit():
+    memory = cost.Measurement("Mixer", np.array([16, 64]), np.array([2.0, 8.0]), np.ones(2))
+    fig, (left, right) = plt.subplots(1, 2)
+    assert cost.cost_curves(memory, ax=right, scale=1.0, ylabel="peak memory (MB)") is fig
+    assert not left.get_lines() and right.get_ylabel() == "peak memory (MB)"
+    np.testing.assert_allclose(right.get_lines()[0].get_ydata(), [2.0, 8.0])
+    np.testing.assert_allclose(right.get_lines()[1].get_ydata(), [2.0, 8.0])  # slope 1 from the first point
