@@ -1,6 +1,10 @@
-"""Timing shared by the benchmark scripts: alternating runs and per-run ratios."""
+"""Shared by the benchmark scripts: alternating runs, per-run ratios, a worker per backend."""
 
+import json
+import os
 import statistics
+import subprocess
+import sys
 import time
 
 
@@ -26,3 +30,22 @@ def alternate(functions, repeats, warmup=2):
 def median_ratio(numerators, denominators):
     """The median of per-round ratios: robust to a round the whole machine was slow."""
     return statistics.median(n / d for n, d in zip(numerators, denominators))
+
+
+def emit(row):
+    """Prints one result row for `run_worker` to collect (a worker's output)."""
+    print("ROW" + json.dumps(row), flush=True)
+
+
+def run_worker(script, backend, arguments):
+    """Runs `script *arguments --worker backend` in a new process with KERAS_BACKEND set
+    (Keras reads it once, at import) and returns the rows it `emit`ted; a failed worker's
+    stderr is reported and the rows it finished are kept.
+    """
+    command = [sys.executable, str(script), *arguments, "--worker", backend]
+    env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    result = subprocess.run(command, env=env, capture_output=True, text=True)
+    rows = [json.loads(line[3:]) for line in result.stdout.splitlines() if line.startswith("ROW")]
+    if result.returncode != 0:
+        print(f"{backend}: worker failed (exit {result.returncode}):\n{result.stderr[-3000:]}", file=sys.stderr)
+    return rows

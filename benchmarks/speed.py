@@ -14,16 +14,14 @@ memory our model added to the process while it ran alone, and the FLOP/s reached
 
 import argparse
 import datetime
-import json
 import os
 import platform
 import resource
 import statistics
-import subprocess
 import sys
 from pathlib import Path
 
-from _timing import alternate, median_ratio  # benchmarks/ is the script's folder
+from _timing import alternate, emit, median_ratio, run_worker  # benchmarks/ is the script's folder
 
 REPO = Path(__file__).resolve().parents[1]
 # name: (timm name or None, overrides of ours and timm's depth for time)
@@ -153,18 +151,12 @@ def worker(args):
             seconds, ratios = compare(ours[task], {k: v[task] for k, v in references.items()}, args.repeats)
             row[task] = dict(seconds=seconds, ratios=ratios)
         rows.append(row)
-        print("ROW" + json.dumps(row), flush=True)
+        emit(row)
 
 
 def run_backend(backend, args):
-    command = [sys.executable, __file__, "--worker", backend, "--models", *args.models,
-               "--batch-size", str(args.batch_size), "--repeats", str(args.repeats)]
-    env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    result = subprocess.run(command, env=env, capture_output=True, text=True)
-    rows = [json.loads(line[3:]) for line in result.stdout.splitlines() if line.startswith("ROW")]
-    if result.returncode != 0:
-        print(f"{backend}: worker failed (exit {result.returncode}):\n{result.stderr[-3000:]}", file=sys.stderr)
-    return rows
+    return run_worker(__file__, backend, ["--models", *args.models, "--batch-size", str(args.batch_size),
+                                          "--repeats", str(args.repeats)])
 
 
 def ratio(row, task, reference):
