@@ -9,6 +9,9 @@ models are timed alternately, run by run, on one batch (inference with
 `predict_on_batch`, a training step with `train_on_batch` and SGD), so each time also
 reads as a ratio to the reference model (`--reference`, the Mixer: linear in N by
 construction); the ratios are robust to the load of a shared machine, the times are not.
+A yardstick (a fixed NumPy matrix product) runs in every round too: the exponents and
+the figure use each time divided by the yardstick's in its round, times the yardstick's
+median over the sweep, so a machine busier at one point than at another bends no curve.
 
 Peak memory is `keras_vitmix.cost.peak_memory`: the resident memory one call adds at its
 peak, after a call that compiled it (activations, workspaces, gradients; not the weights).
@@ -108,6 +111,14 @@ def build(key, image, patch, args):
                   name=key, **config)
 
 
+def yardstick():
+    """A fixed workload (a 768 x 768 float32 matrix product): the machine's speed now."""
+    import numpy as np
+
+    matrix = np.random.default_rng(0).standard_normal((768, 768)).astype("float32")
+    return lambda: matrix @ matrix
+
+
 def measure_point(image, patch, args):
     """One row per model at this point: FLOPs, memory, alternating times and ratios."""
     import keras
@@ -131,10 +142,13 @@ def measure_point(image, patch, args):
                          tokens=(image // patch) ** 2, params=model.count_params(),
                          flops=count_flops(model)["flops"], infer_mb=memory["infer"], train_mb=memory["train"])
     for task in ("infer", "train"):
-        times = alternate({key: fns[task] for key, fns in runners.items()}, args.repeats, warmup=0)
+        times = alternate({"yardstick": yardstick(), **{key: fns[task] for key, fns in runners.items()}},
+                          args.repeats, warmup=0)
         for key, row in rows.items():
             row[task + "_s"] = statistics.median(times[key])
             row[task + "_ratio"] = median_ratio(times[key], times[args.reference])
+            row[task + "_yardsticks"] = median_ratio(times[key], times["yardstick"])
+            row["yardstick_s"] = statistics.median(times["yardstick"])
     return list(rows.values())
 
 
@@ -159,6 +173,12 @@ def curves(rows):
     return {key: sorted(curve, key=lambda row: row["tokens"]) for key, curve in grouped.items()}
 
 
+def steady_seconds(curve, task):
+    """Times in yardsticks (per-round ratios) times the yardstick's median over the curve:
+    seconds at the machine's typical speed during the sweep."""
+    return [row[task + "_yardsticks"] * statistics.median(r["yardstick_s"] for r in curve) for row in curve]
+
+
 def summarize(rows, args):
     """Per backend and model: exponents of FLOPs, time and memory, and FLOP/s at the largest N."""
     summary = []
@@ -166,9 +186,10 @@ def summarize(rows, args):
         tokens = [row["tokens"] for row in curve]
         if len(set(tokens)) < 2:
             continue
-        fit = {name: exponent(tokens, [row[name] for row in curve], args.fit_last)
-               for name in ("flops", "infer_s", "train_s", "train_mb")}
-        infer = [row["infer_s"] for row in curve]
+        infer, train = steady_seconds(curve, "infer"), steady_seconds(curve, "train")
+        fit = {name: exponent(tokens, values, args.fit_last) for name, values in (
+            ("flops", [row["flops"] for row in curve]), ("infer_s", infer), ("train_s", train),
+            ("train_mb", [row["train_mb"] for row in curve]))}
         local = [exponent(tokens[i:i + 2], infer[i:i + 2], 2) for i in range(len(curve) - 1)]
         largest = curve[-1]
         reference = next((row for row in rows if row["backend"] == backend and row["model"] == args.reference
@@ -216,20 +237,20 @@ def figure(rows, args):
     from keras_vitmix.cost import Measurement, cost_curves
     from keras_vitmix.plotting import _pyplot
 
-    panels = [("infer_s", 1e3 / args.batch_size, "inference (ms per image)"),
-              ("train_s", 1e3 / args.batch_size, "training step (ms per image)"),
-              ("train_mb", 1.0, "peak memory, training step (MB)")]
+    panels = [(lambda curve: steady_seconds(curve, "infer"), 1e3 / args.batch_size, "inference (ms per image)"),
+              (lambda curve: steady_seconds(curve, "train"), 1e3 / args.batch_size, "training step (ms per image)"),
+              (lambda curve: [row["train_mb"] for row in curve], 1.0, "peak memory, training step (MB)")]
     backends = list(dict.fromkeys(row["backend"] for row in rows))
     fig, axes = _pyplot().subplots(len(panels), len(backends), figsize=(4.5 * len(backends), 3.3 * len(panels)),
                                    squeeze=False, constrained_layout=True)
     for column, backend in enumerate(backends):
-        for (name, scale, ylabel), ax in zip(panels, axes[:, column]):
+        for (values, scale, ylabel), ax in zip(panels, axes[:, column]):
             drawn = []
             for (curve_backend, key), curve in curves(rows).items():
-                kept = [row for row in curve if row[name] > 0]  # memory below resolution is not drawn
-                if curve_backend == backend and len({row["tokens"] for row in kept}) >= 2:
-                    drawn.append(Measurement(LABELS[key], [row["tokens"] for row in kept],
-                                             [row[name] for row in kept], [row["params"] for row in kept]))
+                kept = [(row, value) for row, value in zip(curve, values(curve)) if value > 0]  # not below resolution
+                if curve_backend == backend and len({row["tokens"] for row, _ in kept}) >= 2:
+                    drawn.append(Measurement(LABELS[key], [row["tokens"] for row, _ in kept],
+                                             [value for _, value in kept], [row["params"] for row, _ in kept]))
             if drawn:
                 cost_curves(drawn, last=args.fit_last, ax=ax, scale=scale, ylabel=ylabel)
             ax.set_title(backend, fontsize=10)
@@ -246,9 +267,10 @@ def record(args, argv, tables):
             f"Machine: {machine}. Command: `{command.strip()}`. Width {args.hidden_dim}, depth {args.depth} "
             f"(hybrids {args.depth // 2} + {args.depth - args.depth // 2}), batch {args.batch_size}, medians of "
             f"{args.repeats} alternating rounds; ÷ columns are medians of per-round time ratios to "
-            f"{LABELS[args.reference]} at the same point. Memory: resident memory one call adds at its peak "
-            "(`cost.peak_memory`). k: exponent of N, fitted on the "
-            f"{args.fit_last} largest points. Figure: `{os.path.relpath(args.output, REPO)}`.\n\n"
+            f"{LABELS[args.reference]} at the same point. k (exponents of N, fitted on the {args.fit_last} largest "
+            "points) and the figure use times relative to a fixed yardstick run in the same rounds, which "
+            "takes out the machine's load changing between points. Memory: resident memory one call adds at its peak "
+            f"(`cost.peak_memory`). Figure: `{os.path.relpath(args.output, REPO)}`.\n\n"
             + "\n\n".join(tables) + "\n")
     print(f"Appended to {args.results}")
 
