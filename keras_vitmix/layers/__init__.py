@@ -1,8 +1,11 @@
 """Layers shared by every keras_vitmix architecture."""
 
 from keras_vitmix.layers.attention import MultiHeadSelfAttention
+from keras_vitmix.layers.conv import Conv2D
 from keras_vitmix.layers.conv_mixer_block import ConvMixerBlock
+from keras_vitmix.layers.depthwise_conv import DepthwiseConv2D
 from keras_vitmix.layers.drop_path import DropPath
+from keras_vitmix.layers.linear import Dense
 from keras_vitmix.layers.mixer_block import MixerBlock
 from keras_vitmix.layers.mlp import MLP
 from keras_vitmix.layers.patch_embedding import (
@@ -13,7 +16,10 @@ from keras_vitmix.layers.patch_embedding import (
 from keras_vitmix.layers.transformer_block import TransformerBlock
 
 __all__ = [
+    "Conv2D",
     "ConvMixerBlock",
+    "Dense",
+    "DepthwiseConv2D",
     "DropPath",
     "MLP",
     "MixerBlock",

@@ -11,6 +11,7 @@ import keras
 from keras import ops
 
 from keras_vitmix.layers._checks import check_positive_int, check_rate
+from keras_vitmix.layers.linear import Dense
 
 
 @keras.saving.register_keras_serializable(package="keras_vitmix")
@@ -72,8 +73,8 @@ class MultiHeadSelfAttention(keras.layers.Layer):
             )
         self._head_dim = self.key_dim or dim // self.num_heads
         inner = self.num_heads * self._head_dim
-        self.qkv = keras.layers.Dense(3 * inner, use_bias=self.use_bias, dtype=self.dtype_policy, name="qkv")
-        self.proj = keras.layers.Dense(dim, use_bias=self.use_bias, dtype=self.dtype_policy, name="proj")
+        self.qkv = Dense(3 * inner, use_bias=self.use_bias, dtype=self.dtype_policy, name="qkv")
+        self.proj = Dense(dim, use_bias=self.use_bias, dtype=self.dtype_policy, name="proj")
         self.qkv.build(input_shape)
         self.proj.build(tuple(input_shape[:-1]) + (inner,))
 

@@ -8,6 +8,8 @@ PointwiseConv -> act -> BN, on the patch grid (B, h, w, D).
 import keras
 
 from keras_vitmix.layers._checks import check_positive_int
+from keras_vitmix.layers.conv import Conv2D
+from keras_vitmix.layers.depthwise_conv import DepthwiseConv2D
 
 
 @keras.saving.register_keras_serializable(package="keras_vitmix")
@@ -41,7 +43,7 @@ class ConvMixerBlock(keras.layers.Layer):
         self.activation = activation
         keras.activations.get(activation)  # fails early on an unknown name
         policy = self.dtype_policy
-        self.depthwise = keras.layers.DepthwiseConv2D(
+        self.depthwise = DepthwiseConv2D(
             kernel_size, padding="same", activation=activation, dtype=policy, name="depthwise"
         )
         # PyTorch's BatchNorm2d defaults (eps 1e-5, momentum 0.1), as in the paper's code.
@@ -58,7 +60,7 @@ class ConvMixerBlock(keras.layers.Layer):
                 "ConvMixerBlock expects a grid (batch, height, width, dim). "
                 f"Received: input_shape={tuple(input_shape)}"
             )
-        self.pointwise = keras.layers.Conv2D(
+        self.pointwise = Conv2D(
             input_shape[-1], 1, activation=self.activation, dtype=self.dtype_policy, name="pointwise"
         )
         for layer in (self.depthwise, self.depthwise_norm, self.pointwise, self.pointwise_norm):

@@ -7,6 +7,7 @@ use Dense -> activation -> Dropout -> Dense -> Dropout; ViT and Mixer use GELU.
 import keras
 
 from keras_vitmix.layers._checks import check_positive_int, check_rate
+from keras_vitmix.layers.linear import Dense
 
 
 @keras.saving.register_keras_serializable(package="keras_vitmix")
@@ -49,14 +50,14 @@ class MLP(keras.layers.Layer):
         self.activation = activation
         self.dropout_rate = check_rate(dropout_rate, "dropout_rate")
         self.use_bias = use_bias
-        self.fc1 = keras.layers.Dense(
+        self.fc1 = Dense(
             hidden_dim, activation=activation, use_bias=use_bias, dtype=self.dtype_policy, name="fc1"
         )
         self.dropout = keras.layers.Dropout(dropout_rate, dtype=self.dtype_policy, name="dropout")
 
     def build(self, input_shape):
         output_dim = self.output_dim or input_shape[-1]
-        self.fc2 = keras.layers.Dense(
+        self.fc2 = Dense(
             output_dim, use_bias=self.use_bias, dtype=self.dtype_policy, name="fc2"
         )
         self.fc1.build(input_shape)

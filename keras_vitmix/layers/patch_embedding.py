@@ -16,6 +16,7 @@ from keras import ops
 
 from keras_vitmix.layers._checks import check_positive_int, to_pair
 from keras_vitmix.layers._resize import bicubic_resize
+from keras_vitmix.layers.conv import Conv2D
 
 POSITION_EMBEDDINGS = ("learned", "sincos", None)
 
@@ -137,7 +138,7 @@ class PatchEmbedding(keras.layers.Layer):
         self.use_distillation_token = bool(use_distillation_token)
         self.position_embedding = position_embedding
         self.flatten = bool(flatten)
-        self.projection = keras.layers.Conv2D(
+        self.projection = Conv2D(
             hidden_dim,
             kernel_size=self.patch_size,
             strides=self.patch_size,

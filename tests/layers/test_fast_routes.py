@@ -1,0 +1,163 @@
+"""The fast routes (convolutions, fused Dense): same numbers and gradients as Keras's layers,
+on every backend, and each route taken exactly where it is meant to be."""
+
+import keras
+import numpy as np
+import pytest
+
+from keras_vitmix.layers import Conv2D, Dense, DepthwiseConv2D, depthwise_conv
+from keras_vitmix.layers.depthwise_conv import shifted_depthwise_conv
+
+from tests.backend_utils import trainable_gradients
+
+from . import _layer_checks as lc
+
+
+def numpy_depthwise(x, kernel, padding):
+    """Direct float64 depthwise convolution at stride 1 (cross-correlation, as Keras)."""
+    kh, kw, channels, _ = kernel.shape
+    if padding == "same":
+        top, left = (kh - 1) // 2, (kw - 1) // 2
+        x = np.pad(x, [(0, 0), (top, kh - 1 - top), (left, kw - 1 - left), (0, 0)])
+    height, width = x.shape[1] - kh + 1, x.shape[2] - kw + 1
+    out = np.zeros((x.shape[0], height, width, channels))
+    for i in range(kh):
+        for j in range(kw):
+            out += x[:, i : i + height, j : j + width, :].astype("float64") * kernel[i, j, :, 0]
+    return out
+
+
+@pytest.mark.parametrize("padding", ["same", "valid"])
+@pytest.mark.parametrize("kernel_size", [(3, 3), (4, 4), (5, 2)])
+def test_shifted_depthwise_matches_direct_convolution(kernel_size, padding):
+    x = lc.random_array((2, 7, 6, 5), seed=1)
+    kernel = lc.random_array((*kernel_size, 5, 1), seed=2)
+    got = lc.to_numpy(shifted_depthwise_conv(keras.ops.convert_to_tensor(x), keras.ops.convert_to_tensor(kernel), padding))
+    expected = numpy_depthwise(x, kernel, padding)
+    assert got.shape == expected.shape
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+def _twins(ours_cls, keras_cls, kwargs, input_shape):
+    """Our layer and Keras's, in one-layer models with the same (random) weights."""
+    models = []
+    for cls in (ours_cls, keras_cls):
+        inputs = keras.Input(input_shape[1:])
+        models.append(keras.Model(inputs, cls(**kwargs, name="conv")(inputs)))
+    lc.randomize_weights(models[0], seed=3)
+    models[1].set_weights(models[0].get_weights())
+    return models
+
+
+def _check_twins(ours, theirs, input_shape):
+    x = lc.random_array(input_shape, seed=4)
+    np.testing.assert_allclose(lc.to_numpy(ours(x)), lc.to_numpy(theirs(x)), atol=2e-5, rtol=1e-5)
+    y = np.arange(input_shape[0]) % 2
+    # Reduce to two "classes" so the cross-entropy helper applies to any output shape.
+    heads = []
+    for model in (ours, theirs):
+        flat = keras.layers.Flatten()(model.output)
+        heads.append(keras.Model(model.input, keras.layers.Softmax()(flat[:, :2])))
+    for got, expected in zip(*(trainable_gradients(h, x, y) for h in heads)):
+        np.testing.assert_allclose(got, expected, atol=2e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(kernel_size=5, padding="same", activation="gelu"),
+        dict(kernel_size=4, padding="same"),
+        dict(kernel_size=3, padding="valid", use_bias=False),
+    ],
+)
+def test_depthwise_matches_keras_values_and_gradients(kwargs):
+    shape = (2, 8, 8, 6)
+    ours, theirs = _twins(DepthwiseConv2D, keras.layers.DepthwiseConv2D, kwargs, shape)
+    assert ours.get_layer("conv")._shifted_applies(keras.KerasTensor(shape)) == (keras.backend.backend() == "jax")
+    _check_twins(ours, theirs, shape)
+
+
+@pytest.mark.parametrize(
+    "kwargs, input_shape, matmul",
+    [
+        (dict(filters=8, kernel_size=4, strides=4), (2, 8, 12, 16), True),  # patches, 256 in
+        (dict(filters=8, kernel_size=1, activation="gelu"), (2, 5, 5, 64), True),  # pointwise
+        (dict(filters=8, kernel_size=(2, 4), strides=(2, 4), use_bias=False), (2, 4, 8, 8), True),
+        (dict(filters=8, kernel_size=2, strides=2), (2, 8, 8, 3), False),  # 12 in: too small
+        (dict(filters=8, kernel_size=3, padding="same"), (2, 6, 6, 16), False),  # overlapping
+        (dict(filters=8, kernel_size=4, strides=4), (2, 10, 8, 16), False),  # 10 % 4 != 0
+    ],
+)
+def test_conv2d_matches_keras_values_and_gradients(kwargs, input_shape, matmul):
+    ours, theirs = _twins(Conv2D, keras.layers.Conv2D, kwargs, input_shape)
+    assert ours.get_layer("conv")._matmul_applies(keras.KerasTensor(input_shape)) is matmul
+    _check_twins(ours, theirs, input_shape)
+
+
+@pytest.mark.parametrize("policy", lc.MIXED_POLICIES)
+@pytest.mark.parametrize(
+    "cls, kwargs, shape",
+    [
+        (Conv2D, dict(filters=8, kernel_size=4, strides=4), (2, 8, 8, 16)),
+        (DepthwiseConv2D, dict(kernel_size=3, padding="same"), (2, 8, 8, 16)),
+    ],
+)
+def test_mixed_precision(cls, kwargs, shape, policy):
+    lc.check_mixed_precision(cls, kwargs, shape, policy)
+
+
+def test_shifted_route_is_cpu_jax_only(monkeypatch):
+    layer = DepthwiseConv2D(3, padding="same")
+    shape = keras.KerasTensor((2, 8, 8, 4))
+    assert layer._shifted_applies(shape) == (keras.backend.backend() == "jax")
+    monkeypatch.setattr(depthwise_conv, "_jax_on_cpu", lambda: True)
+    assert layer._shifted_applies(shape)
+    assert not DepthwiseConv2D(3, strides=2, padding="same")._shifted_applies(shape)
+    assert not DepthwiseConv2D(3, dilation_rate=2, padding="same")._shifted_applies(shape)
+    assert not DepthwiseConv2D(3, depth_multiplier=2, padding="same")._shifted_applies(shape)
+
+
+@pytest.mark.parametrize("cls, kwargs", [(Conv2D, dict(filters=4, kernel_size=2, strides=2)), (DepthwiseConv2D, dict(kernel_size=3))])
+def test_config_round_trips_to_same_class(cls, kwargs):
+    layer = cls(**kwargs)
+    clone = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(layer))
+    assert type(clone) is cls and clone.get_config() == layer.get_config()
+
+
+@pytest.mark.parametrize(
+    "kwargs, input_shape",
+    [
+        (dict(units=8, activation="gelu"), (2, 5, 16)),
+        (dict(units=8, use_bias=False), (3, 16)),
+        (dict(units=4), (2, 3, 4, 16)),
+    ],
+)
+def test_dense_matches_keras_values_and_gradients(kwargs, input_shape):
+    models = []
+    for cls in (Dense, keras.layers.Dense):
+        inputs = keras.Input(input_shape[1:])
+        flat = keras.layers.Flatten()(cls(**kwargs, name="dense")(inputs)) if len(input_shape) > 2 else cls(**kwargs, name="dense")(inputs)
+        models.append(keras.Model(inputs, keras.layers.Softmax()(flat[:, :2])))
+    lc.randomize_weights(models[0], seed=5)
+    models[1].set_weights(models[0].get_weights())
+    x = lc.random_array(input_shape, seed=6)
+    np.testing.assert_allclose(lc.to_numpy(models[0](x)), lc.to_numpy(models[1](x)), atol=1e-6)
+    y = np.arange(input_shape[0]) % 2
+    for got, expected in zip(*(trainable_gradients(m, x, y) for m in models)):
+        np.testing.assert_allclose(got, expected, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("policy", lc.MIXED_POLICIES)
+def test_dense_mixed_precision(policy):
+    lc.check_mixed_precision(Dense, dict(units=8), (2, 5, 16), policy)
+
+
+def test_dense_with_lora_takes_keras_route():
+    layer = Dense(6)
+    layer.build((None, 4))
+    x = lc.random_array((3, 4), seed=7)
+    layer.enable_lora(2)
+    layer.lora_kernel_b.assign(lc.random_array((2, 6), seed=8))
+    kernel = lc.to_numpy(layer.kernel)  # includes the LoRA update
+    np.testing.assert_allclose(lc.to_numpy(layer(x)), x @ kernel + lc.to_numpy(layer.bias), atol=1e-5)
+    assert np.abs(kernel - lc.to_numpy(layer._kernel)).max() > 1e-3
