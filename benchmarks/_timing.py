@@ -49,3 +49,32 @@ def run_worker(script, backend, arguments):
     if result.returncode != 0:
         print(f"{backend}: worker failed (exit {result.returncode}):\n{result.stderr[-3000:]}", file=sys.stderr)
     return rows
+
+
+def append_section(results, title, script, argv, preamble, tables):
+    """Appends `## title — date`, the machine, the exact command, `preamble` and the
+    tables to the results file (benchmarks/RESULTS.md), and says so."""
+    import datetime
+    import platform
+
+    command = f"python benchmarks/{os.path.basename(script)} " + " ".join(argv)
+    with open(results, "a") as handle:
+        handle.write(
+            f"\n## {title} — {datetime.date.today()}\n\n"
+            f"Machine: {platform.machine()}, {os.cpu_count()} cores. Command: `{command.strip()}`. "
+            f"{preamble}\n\n" + "\n\n".join(tables) + "\n"
+        )
+    print(f"Appended to {results}")
+
+
+def run_backends(script, backends, arguments, show):
+    """`run_worker` for each backend in turn, printing `show(rows so far)` after each.
+
+    Returns:
+        Every backend's rows, in order.
+    """
+    rows = []
+    for backend in backends:
+        rows += run_worker(script, backend, arguments)
+        print(show(rows), flush=True)
+    return rows

@@ -30,15 +30,13 @@ column per backend) goes to `--output`.
 """
 
 import argparse
-import datetime
 import math
 import os
-import platform
 import statistics
 import sys
 from pathlib import Path
 
-from _timing import alternate, emit, median_ratio, run_worker  # benchmarks/ is the script's folder
+from _timing import alternate, append_section, emit, median_ratio, run_backends  # benchmarks/ is the script's folder
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # this checkout's keras_vitmix, before an installed one
@@ -259,20 +257,17 @@ def figure(rows, args):
 
 
 def record(args, argv, tables):
-    machine = f"{platform.machine()}, {os.cpu_count()} cores"
-    command = "python benchmarks/scaling.py " + " ".join(argv)
-    with open(args.results, "a") as handle:
-        handle.write(
-            f"\n## Scaling with the number of patches — {datetime.date.today()}\n\n"
-            f"Machine: {machine}. Command: `{command.strip()}`. Width {args.hidden_dim}, depth {args.depth} "
-            f"(hybrids {args.depth // 2} + {args.depth - args.depth // 2}), batch {args.batch_size}, medians of "
-            f"{args.repeats} alternating rounds; ÷ columns are medians of per-round time ratios to "
-            f"{LABELS[args.reference]} at the same point. k (exponents of N, fitted on the {args.fit_last} largest "
-            "points) and the figure use times relative to a fixed yardstick run in the same rounds, which "
-            "takes out the machine's load changing between points. Memory: resident memory one call adds at its peak "
-            f"(`cost.peak_memory`). Figure: `{os.path.relpath(args.output, REPO)}`.\n\n"
-            + "\n\n".join(tables) + "\n")
-    print(f"Appended to {args.results}")
+    append_section(
+        args.results, "Scaling with the number of patches", __file__, argv,
+        f"Width {args.hidden_dim}, depth {args.depth} "
+        f"(hybrids {args.depth // 2} + {args.depth - args.depth // 2}), batch {args.batch_size}, medians of "
+        f"{args.repeats} alternating rounds; ÷ columns are medians of per-round time ratios to "
+        f"{LABELS[args.reference]} at the same point. k (exponents of N, fitted on the {args.fit_last} largest "
+        "points) and the figure use times relative to a fixed yardstick run in the same rounds, which "
+        "takes out the machine's load changing between points. Memory: resident memory one call adds at its peak "
+        f"(`cost.peak_memory`). Figure: `{os.path.relpath(args.output, REPO)}`.",
+        tables,
+    )
 
 
 def main(argv=None):
@@ -280,10 +275,7 @@ def main(argv=None):
     args = parse(argv)
     if args.worker:
         return worker(args)
-    rows = []
-    for backend in args.backends:
-        rows += run_worker(__file__, backend, argv)
-        print(format_rows(rows, args), flush=True)
+    rows = run_backends(__file__, args.backends, argv, lambda rows: format_rows(rows, args))
     if not rows:
         return
     summary = summarize(rows, args)

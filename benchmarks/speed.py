@@ -13,15 +13,13 @@ memory our model added to the process while it ran alone, and the FLOP/s reached
 """
 
 import argparse
-import datetime
 import os
-import platform
 import resource
 import statistics
 import sys
 from pathlib import Path
 
-from _timing import alternate, emit, median_ratio, run_worker  # benchmarks/ is the script's folder
+from _timing import alternate, append_section, emit, median_ratio, run_backends  # benchmarks/ is the script's folder
 
 REPO = Path(__file__).resolve().parents[1]
 # name: (timm name or None, overrides of ours and timm's depth for time)
@@ -154,11 +152,6 @@ def worker(args):
         emit(row)
 
 
-def run_backend(backend, args):
-    return run_worker(__file__, backend, ["--models", *args.models, "--batch-size", str(args.batch_size),
-                                          "--repeats", str(args.repeats)])
-
-
 def ratio(row, task, reference):
     value = row[task]["ratios"].get(reference)
     return f"{value:.2f}×" if value is not None else "–"
@@ -184,25 +177,19 @@ def format_table(rows, batch):
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parse(argv)
     if args.worker:
         return worker(args)
-    rows = []
-    for backend in args.backends:
-        rows += run_backend(backend, args)
-        print(format_table(rows, args.batch_size), flush=True)
+    rows = run_backends(__file__, args.backends, argv, lambda rows: format_table(rows, args.batch_size))
     if rows and not args.no_record:
-        machine = f"{platform.machine()}, {os.cpu_count()} cores"
-        command = "python benchmarks/speed.py " + " ".join(sys.argv[1:])
-        with open(args.results, "a") as handle:
-            handle.write(
-                f"\n## Speed against timm and keras-hub — {datetime.date.today()}\n\n"
-                f"Machine: {machine}. Command: `{command.strip()}`. Medians of {args.repeats} alternating "
-                "runs; ÷ columns are medians of per-run ratios (ours ÷ reference, below 1 = we are faster). "
-                "timm runs PyTorch eager in the same process; keras-hub runs under the same backend.\n\n"
-                f"{format_table(rows, args.batch_size)}\n"
-            )
-        print(f"Appended to {args.results}")
+        append_section(
+            args.results, "Speed against timm and keras-hub", __file__, argv,
+            f"Medians of {args.repeats} alternating runs; ÷ columns are medians of per-run ratios (ours ÷ "
+            "reference, below 1 = we are faster). timm runs PyTorch eager in the same process; keras-hub "
+            "runs under the same backend.",
+            [format_table(rows, args.batch_size)],
+        )
 
 
 if __name__ == "__main__":
