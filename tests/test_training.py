@@ -72,6 +72,30 @@ def test_killed_run_resumes_at_the_epoch_it_reached(tmp_path):
     assert [row["epoch"] for row in history_rows(tmp_path)] == ["0", "1", "2", "3"]
 
 
+class SaveCounter:
+    """Stands in for a model: records which epoch each save came from."""
+
+    def __init__(self):
+        self.epoch, self.saved = None, []
+
+    def save(self, path):
+        open(path, "w").close()
+        self.saved.append(self.epoch)
+
+
+@pytest.mark.parametrize("save_ties, expected", [(False, [0, 2]), (True, [0, 1, 2, 4])])
+def test_best_checkpoint_on_tied_validation_accuracy(save_ties, expected, tmp_path):
+    from keras_vitmix.training_callbacks import AtomicCheckpoint
+
+    checkpoint = AtomicCheckpoint(str(tmp_path / "model.keras"), monitor="val_accuracy", save_ties=save_ties)
+    checkpoint.set_model(SaveCounter())
+    for epoch, accuracy in enumerate([0.9, 0.9, 0.95, 0.94, 0.95]):
+        checkpoint.model.epoch = epoch
+        checkpoint.on_epoch_end(epoch, {"val_accuracy": accuracy})
+    assert checkpoint.model.saved == expected and checkpoint.best == 0.95
+    assert (tmp_path / "model.keras").exists()
+
+
 def test_recipe_weight_decay_schedule_and_loss():
     model = small("ViT", use_class_token=True, pooling="token")
     training.compile_for_training(model, total_steps=100, learning_rate=1e-3, warmup_steps=10)
