@@ -180,7 +180,11 @@ def callbacks(output_dir, extra=()):
     best = max(history["val_accuracy"]) if history.get("val_accuracy") else None
     return [
         keras.callbacks.BackupAndRestore(os.path.join(output_dir, "backup")),
-        AtomicCheckpoint(os.path.join(output_dir, "model.keras"), monitor="val_accuracy", mode="max", best=best),
+        # The later of tied epochs: a small validation set ties often, and the learning
+        # rate has decayed further by then.
+        AtomicCheckpoint(
+            os.path.join(output_dir, "model.keras"), monitor="val_accuracy", mode="max", best=best, save_ties=True
+        ),
         AtomicCheckpoint(os.path.join(output_dir, "last.keras")),
         keras.callbacks.CSVLogger(os.path.join(output_dir, "history.csv"), append=True),
         TrainingCurves(os.path.join(output_dir, "history.csv"), os.path.join(output_dir, "curves.png")),
@@ -234,7 +238,8 @@ def train(
         mixed_precision: bool, train under the "mixed_bfloat16" policy.
         jit_compile: "auto", True (XLA; tensorflow and jax) or False.
         distribute: None or "data_parallel".
-        output_dir: folder for model.keras (best by validation accuracy), last.keras,
+        output_dir: folder for model.keras (best by validation accuracy, the later
+            epoch on a tie), last.keras,
             history.csv, curves.png, metrics.json and the resumable backup/.
         seed: int, seeds initialization, shuffling and augmentation.
         verbose: Keras's fit verbosity ("auto" shows the progress bar).

@@ -18,21 +18,29 @@ class AtomicCheckpoint(keras.callbacks.Callback):
         monitor: optional metric name (e.g. "val_accuracy"); None saves every epoch.
         mode: "max" or "min", the direction in which `monitor` improves.
         best: the best `monitor` value so far (when resuming), or None.
+        save_ties: whether an epoch that equals the best `monitor` value replaces the
+            checkpoint. A small validation set ties often (180 digits: steps of 0.56%),
+            and under a decaying learning rate the later of two tied epochs is usually
+            the better model.
     """
 
-    def __init__(self, path, monitor=None, mode="max", best=None):
+    def __init__(self, path, monitor=None, mode="max", best=None, save_ties=False):
         super().__init__()
         self.path = path
         self.monitor = monitor
         self.mode = mode
         self.best = best  # a resumed run passes the best value reached before
+        self.save_ties = save_ties
 
     def on_epoch_end(self, epoch, logs=None):
         if self.monitor is not None:
             value = (logs or {}).get(self.monitor)
             if value is None:
                 return
-            better = self.best is None or (value > self.best if self.mode == "max" else value < self.best)
+            if self.best is not None and value == self.best:
+                better = self.save_ties
+            else:
+                better = self.best is None or (value > self.best if self.mode == "max" else value < self.best)
             if not better:
                 return
             self.best = value

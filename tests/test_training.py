@@ -24,7 +24,9 @@ def history_rows(folder):
 # (jax); Mixer 96.9%, ViT 96.4% (jax) / 95.0% (tensorflow), Mixer->ViT 96.1% (jax) / 94.7%
 # (tensorflow). The small attention and Mixer models overfit the 1,257 training digits
 # (train accuracy 100%) and stay under the 97% goal at this budget, so their floor is
-# 93% until a recipe gets them there (benchmarks/RESULTS.md lists what was tried).
+# 93% until a recipe gets them there. Flip-free crop augmentation, zero padding, weight
+# EMA and the later-on-a-tie checkpoint reach 97.2-98.3% for Mixer and Mixer->ViT in
+# single runs but leave ViT at 95.0-97.2% (benchmarks/RESULTS.md lists what was tried).
 MIN_ACCURACY = {"ConvMixer": 0.97, "HybridConvMixerMixer": 0.97, "ViT": 0.93, "MLPMixer": 0.93, "HybridMixerViT": 0.93}
 
 
@@ -70,6 +72,30 @@ def test_killed_run_resumes_at_the_epoch_it_reached(tmp_path):
     assert first.first == 2  # 0-based: the third epoch
     assert metrics["resumed"] is True and metrics["epochs_run_now"] == 2
     assert [row["epoch"] for row in history_rows(tmp_path)] == ["0", "1", "2", "3"]
+
+
+class SaveCounter:
+    """Stands in for a model: records which epoch each save came from."""
+
+    def __init__(self):
+        self.epoch, self.saved = None, []
+
+    def save(self, path):
+        open(path, "w").close()
+        self.saved.append(self.epoch)
+
+
+@pytest.mark.parametrize("save_ties, expected", [(False, [0, 2]), (True, [0, 1, 2, 4])])
+def test_best_checkpoint_on_tied_validation_accuracy(save_ties, expected, tmp_path):
+    from keras_vitmix.training_callbacks import AtomicCheckpoint
+
+    checkpoint = AtomicCheckpoint(str(tmp_path / "model.keras"), monitor="val_accuracy", save_ties=save_ties)
+    checkpoint.set_model(SaveCounter())
+    for epoch, accuracy in enumerate([0.9, 0.9, 0.95, 0.94, 0.95]):
+        checkpoint.model.epoch = epoch
+        checkpoint.on_epoch_end(epoch, {"val_accuracy": accuracy})
+    assert checkpoint.model.saved == expected and checkpoint.best == 0.95
+    assert (tmp_path / "model.keras").exists()
 
 
 def test_recipe_weight_decay_schedule_and_loss():
