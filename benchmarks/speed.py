@@ -30,6 +30,8 @@ MODELS = {
     "hybrid_mixer_vit_cifar_patch4_32": (None, {}),
     "hybrid_convmixer_mixer_cifar_patch2_32": (None, {}),
 }
+# timm's ConvMixer arguments for its registered names (ReLU, as both libraries' 768/32).
+TIMM_CONVMIXER = {"convmixer_768_32": dict(dim=768, kernel_size=7, patch_size=7)}
 
 
 def parse(argv):
@@ -80,8 +82,14 @@ def timm_runners(timm_name, overrides, batch, size):
     timm = import_timm()
 
     torch.set_num_threads(os.cpu_count())
-    kwargs = {"depth": overrides["num_layers"]} if "num_layers" in overrides else {}
-    net = timm.create_model(timm_name, pretrained=False, **kwargs)
+    if timm_name in TIMM_CONVMIXER and "num_layers" in overrides:
+        # timm's convmixer_* constructors fix `depth`: its ConvMixer class at the reduced depth.
+        from timm.models.convmixer import ConvMixer
+
+        net = ConvMixer(depth=overrides["num_layers"], act_layer=torch.nn.ReLU, **TIMM_CONVMIXER[timm_name])
+    else:
+        kwargs = {"depth": overrides["num_layers"]} if "num_layers" in overrides else {}
+        net = timm.create_model(timm_name, pretrained=False, **kwargs)
     x = torch.randn(batch, 3, size, size)
     y = torch.arange(batch) % 1000
     optimizer = torch.optim.AdamW(net.parameters(), lr=1e-4)
