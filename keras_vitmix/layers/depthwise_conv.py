@@ -19,14 +19,18 @@ import keras
 from keras import ops
 
 
-def _same_padding(kernel_size):
-    """(before, after) of TensorFlow's and Keras's "same" padding at stride 1."""
+def _pads(kernel_size, padding):
+    """(before, after) padding at stride 1: TensorFlow's and Keras's for "same", none for "valid"."""
+    if padding != "same":
+        return 0, 0
     before = (kernel_size - 1) // 2
     return before, kernel_size - 1 - before
 
 
 def shifted_depthwise_conv(inputs, kernel, padding="same"):
     """Depthwise convolution at stride 1 as a sum of shifted, channel-scaled copies.
+
+    The portable form, in `keras.ops` (the layer's JAX route is the same sum as a loop).
 
     Args:
         inputs: tensor (B, H, W, C), channels last.
@@ -40,22 +44,11 @@ def shifted_depthwise_conv(inputs, kernel, padding="same"):
     kh, kw = kernel.shape[0], kernel.shape[1]
     (top, bottom), (left, right) = _pads(kh, padding), _pads(kw, padding)
     padded = ops.pad(inputs, [[0, 0], [top, bottom], [left, right], [0, 0]])
-    height, width = inputs.shape[1] + top + bottom - kh + 1, inputs.shape[2] + left + right - kw + 1
-    return _shift_sum(padded, kernel[:, :, :, 0], height, width)
-
-
-def _pads(kernel_size, padding):
-    return _same_padding(kernel_size) if padding == "same" else (0, 0)
-
-
-def _shift_sum(padded, kernel, height, width, flip=False):
-    """sum over (i, j) of padded[:, i:i+height, j:j+width] * kernel[i, j] (kernel flipped: kernel[-1-i, -1-j])."""
-    kh, kw = kernel.shape[0], kernel.shape[1]
+    height, width = padded.shape[1] - kh + 1, padded.shape[2] - kw + 1
     outputs = None
     for i in range(kh):
         for j in range(kw):
-            weight = kernel[kh - 1 - i, kw - 1 - j] if flip else kernel[i, j]
-            term = padded[:, i : i + height, j : j + width, :] * weight
+            term = padded[:, i : i + height, j : j + width, :] * kernel[i, j, :, 0]
             outputs = term if outputs is None else outputs + term
     return outputs
 
