@@ -15,6 +15,8 @@ Everywhere else (TensorFlow and torch have fast native kernels, GPUs have cuDNN)
 layout) and numbers either way.
 """
 
+import functools
+
 import keras
 from keras import ops
 
@@ -53,6 +55,7 @@ def shifted_depthwise_conv(inputs, kernel, padding="same"):
     return outputs
 
 
+@functools.cache  # one custom_vjp function per padding, not one per call
 def _jax_shifted_depthwise(padding):
     """`shifted_depthwise_conv` for JAX: taps accumulated in a loop, with a hand-written
     backward pass.
