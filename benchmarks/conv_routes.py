@@ -1,8 +1,10 @@
-"""Convolution routes: keras_vitmix's `Conv2D` / `DepthwiseConv2D` against Keras's own.
+"""Convolution routes: keras_vitmix's `Conv2D` / `DepthwiseConv2D` / `BatchNormalization`
+against Keras's own.
 
-`keras_vitmix.layers` computes a depthwise convolution as shifted
-multiply-adds under JAX on the CPU, and a convolution whose kernel tiles the image (patch
-embeddings, 1x1 pointwise convolutions) as reshape + matmul. This script checks that
+`keras_vitmix.layers` computes a depthwise convolution as shifted multiply-adds under JAX
+on the CPU and as one channels-last `conv2d` under torch, a convolution whose kernel
+tiles the image (patch embeddings, 1x1 pointwise convolutions) as reshape + matmul, and
+batch normalization at inference as one fused call under torch. This script checks that
 choice per backend: for the shapes our registered models use, a one-layer model (the
 layer, global average pooling, a 10-way softmax head) built with our layer and with
 Keras's is timed alternately for inference (`predict_on_batch`) and a training step
@@ -24,7 +26,9 @@ REPO = Path(__file__).resolve().parents[1]
 # label: (layer kind, layer kwargs, input shape (batch included))
 LAYERS = {
     "depthwise 5x5, 16x16x256 (convmixer_256_8)": ("depthwise", dict(kernel_size=5, padding="same"), (32, 16, 16, 256)),
+    "depthwise 7x7, 32x32x768 (convmixer_768_32)": ("depthwise", dict(kernel_size=7, padding="same"), (32, 32, 32, 768)),
     "depthwise 9x9, 32x32x256 (seed_convmixer)": ("depthwise", dict(kernel_size=9, padding="same"), (32, 32, 32, 256)),
+    "batch norm, 32x32x768 (convmixer_768_32)": ("norm", dict(epsilon=1e-5, momentum=0.9), (32, 32, 32, 768)),
     "pointwise 1x1, 16x16x256 (convmixer_256_8)": ("conv", dict(filters=256, kernel_size=1), (32, 16, 16, 256)),
     "patch 16x16, 224 px -> 192 (vit_tiny_patch16_224)": ("conv", dict(filters=192, kernel_size=16, strides=16), (32, 224, 224, 3)),
     "patch 4x4, 32 px -> 256 (hybrid_mixer_vit_cifar)": ("conv", dict(filters=256, kernel_size=4, strides=4), (32, 32, 32, 3)),
@@ -66,18 +70,26 @@ def keras_routes(enabled):
     """Context: our layers' fast routes on (as shipped) or off (Keras's computation)."""
     import contextlib
 
-    from keras_vitmix.layers import Conv2D, DepthwiseConv2D
+    from keras_vitmix.layers import BatchNormalization, Conv2D, DepthwiseConv2D
+
+    switches = [
+        (Conv2D, "_matmul_applies"),
+        (DepthwiseConv2D, "_shifted_applies"),
+        (DepthwiseConv2D, "_torch_applies"),
+        (BatchNormalization, "_fused_applies"),
+    ]
 
     @contextlib.contextmanager
     def scope():
-        saved = Conv2D._matmul_applies, DepthwiseConv2D._shifted_applies
+        saved = [getattr(cls, name) for cls, name in switches]
         if not enabled:
-            Conv2D._matmul_applies = lambda self, inputs: False
-            DepthwiseConv2D._shifted_applies = lambda self, inputs: False
+            for cls, name in switches:
+                setattr(cls, name, lambda self, *args: False)
         try:
             yield
         finally:
-            Conv2D._matmul_applies, DepthwiseConv2D._shifted_applies = saved
+            for (cls, name), method in zip(switches, saved):
+                setattr(cls, name, method)
 
     return scope()
 
@@ -86,10 +98,14 @@ def worker(args):
     import keras
 
     from keras_vitmix.applications import create_model
-    from keras_vitmix.layers import Conv2D, DepthwiseConv2D
+    from keras_vitmix.layers import BatchNormalization, Conv2D, DepthwiseConv2D
 
-    ours_cls = {"conv": Conv2D, "depthwise": DepthwiseConv2D}
-    keras_cls = {"conv": keras.layers.Conv2D, "depthwise": keras.layers.DepthwiseConv2D}
+    ours_cls = {"conv": Conv2D, "depthwise": DepthwiseConv2D, "norm": BatchNormalization}
+    keras_cls = {
+        "conv": keras.layers.Conv2D,
+        "depthwise": keras.layers.DepthwiseConv2D,
+        "norm": keras.layers.BatchNormalization,
+    }
     pairs = []
     for label, (kind, kwargs, shape) in LAYERS.items():
         ours = tasks(one_layer_model(ours_cls[kind](**kwargs), shape), shape)

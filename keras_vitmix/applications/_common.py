@@ -6,7 +6,7 @@ import os
 import keras
 from keras import ops
 
-from keras_vitmix.layers import ConvMixerBlock, MixerBlock, PatchEmbedding, TransformerBlock
+from keras_vitmix.layers import BatchNormalization, ConvMixerBlock, MixerBlock, PatchEmbedding, TransformerBlock
 from keras_vitmix.layers._checks import check_positive_int, check_rate, to_pair
 
 POOLINGS = ("token", "avg", "max", None)
@@ -304,7 +304,7 @@ def conv_stem(x, hidden_dim, patch_size, activation):
     """ConvMixer's stem: patch convolution -> activation -> BatchNorm, on the grid."""
     x = PatchEmbedding(hidden_dim, patch_size, position_embedding=None, flatten=False, name="patch_embedding")(x)
     x = keras.layers.Activation(activation, name="stem_activation")(x)
-    return keras.layers.BatchNormalization(epsilon=1e-5, momentum=0.9, name="stem_norm")(x)
+    return BatchNormalization(epsilon=1e-5, momentum=0.9, name="stem_norm")(x)
 
 
 def conv_mixer_blocks(x, start, depth, kernel_size, activation):

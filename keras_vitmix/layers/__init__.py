@@ -8,6 +8,7 @@ from keras_vitmix.layers.drop_path import DropPath
 from keras_vitmix.layers.linear import Dense
 from keras_vitmix.layers.mixer_block import MixerBlock
 from keras_vitmix.layers.mlp import MLP
+from keras_vitmix.layers.normalization import BatchNormalization
 from keras_vitmix.layers.patch_embedding import (
     PatchEmbedding,
     resample_position_embedding,
@@ -16,6 +17,7 @@ from keras_vitmix.layers.patch_embedding import (
 from keras_vitmix.layers.transformer_block import TransformerBlock
 
 __all__ = [
+    "BatchNormalization",
     "Conv2D",
     "ConvMixerBlock",
     "Dense",

@@ -10,6 +10,7 @@ import keras
 from keras_vitmix.layers._checks import check_positive_int
 from keras_vitmix.layers.conv import Conv2D
 from keras_vitmix.layers.depthwise_conv import DepthwiseConv2D
+from keras_vitmix.layers.normalization import BatchNormalization
 
 
 @keras.saving.register_keras_serializable(package="keras_vitmix")
@@ -47,10 +48,10 @@ class ConvMixerBlock(keras.layers.Layer):
             kernel_size, padding="same", activation=activation, dtype=policy, name="depthwise"
         )
         # PyTorch's BatchNorm2d defaults (eps 1e-5, momentum 0.1), as in the paper's code.
-        self.depthwise_norm = keras.layers.BatchNormalization(
+        self.depthwise_norm = BatchNormalization(
             epsilon=1e-5, momentum=0.9, dtype=policy, name="depthwise_norm"
         )
-        self.pointwise_norm = keras.layers.BatchNormalization(
+        self.pointwise_norm = BatchNormalization(
             epsilon=1e-5, momentum=0.9, dtype=policy, name="pointwise_norm"
         )
 

@@ -5,7 +5,7 @@ import keras
 import numpy as np
 import pytest
 
-from keras_vitmix.layers import Conv2D, Dense, DepthwiseConv2D, depthwise_conv
+from keras_vitmix.layers import BatchNormalization, Conv2D, Dense, DepthwiseConv2D, depthwise_conv
 from keras_vitmix.layers.depthwise_conv import shifted_depthwise_conv
 
 from tests.backend_utils import trainable_gradients
@@ -63,17 +63,25 @@ def _check_twins(ours, theirs, input_shape):
 
 
 @pytest.mark.parametrize(
-    "kwargs",
+    "kwargs, native",
     [
-        dict(kernel_size=5, padding="same", activation="gelu"),
-        dict(kernel_size=4, padding="same"),
-        dict(kernel_size=3, padding="valid", use_bias=False),
+        (dict(kernel_size=5, padding="same", activation="gelu"), True),
+        (dict(kernel_size=4, padding="same"), True),  # even: more padding after
+        (dict(kernel_size=3, padding="valid", use_bias=False), True),
+        (dict(kernel_size=3, padding="valid", strides=2, depth_multiplier=2), False),
+        (dict(kernel_size=(3, 2), padding="same", dilation_rate=2), False),
+        (dict(kernel_size=3, padding="same", strides=2), False),  # torch: "same" at stride 1 only
     ],
 )
-def test_depthwise_matches_keras_values_and_gradients(kwargs):
+def test_depthwise_matches_keras_values_and_gradients(kwargs, native):
+    """`native`: a configuration the JAX shifted route takes; the torch route takes all
+    but strided "same" padding, which PyTorch's convolution does not have."""
     shape = (2, 8, 8, 6)
     ours, theirs = _twins(DepthwiseConv2D, keras.layers.DepthwiseConv2D, kwargs, shape)
-    assert ours.get_layer("conv")._shifted_applies(keras.KerasTensor(shape)) == (keras.backend.backend() == "jax")
+    layer, backend = ours.get_layer("conv"), keras.backend.backend()
+    assert layer._shifted_applies(keras.KerasTensor(shape)) == (backend == "jax" and native)
+    strided_same = kwargs["padding"] == "same" and kwargs.get("strides", 1) != 1
+    assert layer._torch_applies() == (backend == "torch" and not strided_same)
     _check_twins(ours, theirs, shape)
 
 
@@ -117,7 +125,14 @@ def test_shifted_route_is_cpu_jax_only(monkeypatch):
     assert not DepthwiseConv2D(3, depth_multiplier=2, padding="same")._shifted_applies(shape)
 
 
-@pytest.mark.parametrize("cls, kwargs", [(Conv2D, dict(filters=4, kernel_size=2, strides=2)), (DepthwiseConv2D, dict(kernel_size=3))])
+@pytest.mark.parametrize(
+    "cls, kwargs",
+    [
+        (Conv2D, dict(filters=4, kernel_size=2, strides=2)),
+        (DepthwiseConv2D, dict(kernel_size=3)),
+        (BatchNormalization, dict(epsilon=1e-5, momentum=0.9)),
+    ],
+)
 def test_config_round_trips_to_same_class(cls, kwargs):
     layer = cls(**kwargs)
     clone = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(layer))
@@ -161,3 +176,45 @@ def test_dense_with_lora_takes_keras_route():
     kernel = lc.to_numpy(layer.kernel)  # includes the LoRA update
     np.testing.assert_allclose(lc.to_numpy(layer(x)), x @ kernel + lc.to_numpy(layer.bias), atol=1e-5)
     assert np.abs(kernel - lc.to_numpy(layer._kernel)).max() > 1e-3
+
+
+@pytest.mark.parametrize(
+    "kwargs, input_shape",
+    [
+        (dict(epsilon=1e-5), (2, 5, 4, 8)),  # ConvMixer's grid, channels last
+        (dict(axis=1, center=False), (2, 8, 3, 3)),
+        (dict(scale=False), (3, 6, 8)),
+        (dict(), (4, 8)),
+    ],
+)
+def test_batch_norm_matches_keras_at_inference_and_in_training(kwargs, input_shape):
+    ours, theirs = (cls(**kwargs) for cls in (BatchNormalization, keras.layers.BatchNormalization))
+    for layer in (ours, theirs):
+        layer.build(input_shape)
+    lc.randomize_weights(ours, seed=9)
+    theirs.set_weights(ours.get_weights())
+    x = lc.random_array(input_shape, seed=10)
+    assert ours._fused_applies(x, False, None) == (keras.backend.backend() == "torch")
+    assert not ours._fused_applies(x, True, None)  # training: Keras's moments and moving averages
+    mean = lc.to_numpy(ours.moving_mean)
+    variance = lc.to_numpy(ours.moving_variance)
+    axis = kwargs.get("axis", -1) % len(input_shape)
+    shape = [1] * len(input_shape)
+    shape[axis] = -1
+    expected = (x - mean.reshape(shape)) / np.sqrt(variance.reshape(shape) + ours.epsilon)
+    if ours.scale:
+        expected = expected * lc.to_numpy(ours.gamma).reshape(shape)
+    if ours.center:
+        expected = expected + lc.to_numpy(ours.beta).reshape(shape)
+    np.testing.assert_allclose(lc.to_numpy(ours(x, training=False)), expected, atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(lc.to_numpy(ours(x, training=False)), lc.to_numpy(theirs(x, training=False)), atol=1e-6)
+    np.testing.assert_allclose(lc.to_numpy(ours(x, training=True)), lc.to_numpy(theirs(x, training=True)), atol=1e-6)
+    for a, b in zip(ours.get_weights(), theirs.get_weights()):  # the same moving-average update
+        np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+@pytest.mark.parametrize("policy", lc.MIXED_POLICIES)
+def test_batch_norm_mixed_precision(policy):
+    (out,) = lc.check_mixed_precision(BatchNormalization, dict(), (2, 4, 4, 8), policy, dict(training=False))
+    layer = keras.layers.BatchNormalization(dtype=policy)
+    np.testing.assert_allclose(out, lc.to_numpy(layer(lc.random_array((2, 4, 4, 8)), training=False)).astype("float32"), atol=1e-2)
