@@ -6,10 +6,10 @@ XLA:CPU lowers a grouped convolution with one group per channel (what
 5x5 depthwise convolution of a (128, 16, 16, 256) grid took 0.52 s forward and 3.7 s
 forward+backward under JAX, against 0.06 s and 0.44 s written as 25 shifted
 multiply-adds (`benchmarks/conv_routes.py` measures it per backend). The JAX version
-loops over the taps with a hand-written backward pass, so memory stays at Keras's level:
-a ConvMixer-768 (7x7 kernel, 4 blocks, batch 32, 224 px) training step took 220 s and
-3.7 GB with Keras's layer, 21 s and 22.5 GB unrolled, 9.6 s and 3.9 GB looped. ConvMixer spends
-most of its time there, so this layer takes the shifted form where it is faster: the JAX
+has a hand-written backward pass, so memory stays at Keras's level: a ConvMixer-768 (7x7
+kernel, 4 blocks, batch 32, 224 px) training step took 220 s and 3.7 GB with Keras's
+layer, 21 s and 22.5 GB differentiated automatically, 9.6 s and 3.9 GB with the
+hand-written backward pass. ConvMixer spends most of its time there, so this layer takes the shifted form where it is faster: the JAX
 backend on the CPU, stride 1, "same" or "valid" padding, no dilation, depth multiplier 1.
 
 Under torch, Keras's convolution copies the channels-last input to channels-first, copies
@@ -69,27 +69,27 @@ def _jax_shifted_depthwise(padding):
     """`shifted_depthwise_conv` for JAX: taps accumulated in a loop, with a hand-written
     backward pass.
 
-    Unrolled and differentiated automatically, the shifted form let XLA keep every
-    shifted product alive at once: kh * kw copies of the activations per layer, which ran
-    a 7x7, 768-channel ConvMixer out of 24 GiB. Here each tap is one iteration of a
-    `fori_loop` adding into one accumulator, and the backward pass keeps only the input
-    and the kernel: the input gradient is the same loop over the padded output gradient
-    with the kernel flipped, the kernel gradient one reduction per tap.
+    Differentiated automatically, the shifted form let XLA keep every shifted product
+    alive for the backward pass: kh * kw copies of the activations per layer, which ran a
+    7x7, 768-channel ConvMixer out of 24 GiB. Here the backward pass is written by hand and
+    keeps only the input and the kernel: the input gradient is the same sum over the padded
+    output gradient with the kernel flipped, the kernel gradient one reduction per tap
+    (a `fori_loop`, so one product is alive at a time). The forward sums are unrolled,
+    which XLA fuses into one pass: on (32, 32, 32, 768) with a 7x7 kernel, 281 ms against
+    543 ms as a `fori_loop` over the taps, at the same 1.0 GB peak.
     """
     import jax
     import jax.numpy as jnp
 
     def shift_sum(padded, kernel, height, width, flip=False):
-        kh, kw, channels = kernel.shape
-        batch = padded.shape[0]
-
-        def tap(index, total):
-            i, j = index // kw, index % kw
-            weight = kernel[kh - 1 - i, kw - 1 - j] if flip else kernel[i, j]
-            window = jax.lax.dynamic_slice(padded, (0, i, j, 0), (batch, height, width, channels))
-            return total + window * weight
-
-        return jax.lax.fori_loop(0, kh * kw, tap, jnp.zeros((batch, height, width, channels), padded.dtype))
+        kh, kw = kernel.shape[0], kernel.shape[1]
+        total = None
+        for i in range(kh):  # unrolled: XLA fuses the taps into one pass (nothing is differentiated)
+            for j in range(kw):
+                weight = kernel[kh - 1 - i, kw - 1 - j] if flip else kernel[i, j]
+                term = padded[:, i : i + height, j : j + width, :] * weight
+                total = term if total is None else total + term
+        return total
 
     def pad(x, kh, kw):
         (top, bottom), (left, right) = _pads(kh, padding), _pads(kw, padding)
