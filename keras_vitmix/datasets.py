@@ -359,7 +359,7 @@ def _augmenter(info, strength, seed):
     rand_augment = keras.layers.RandAugment(value_range=(0, 255), seed=seed) if strength == "strong" else None
 
     def light(images, labels):
-        images = tf.pad(images, [[0, 0], [pad, pad], [pad, pad], [0, 0]], mode="REFLECT")
+        images = tf.pad(images, [[0, 0], [pad, pad], [pad, pad], [0, 0]])  # zeros, as the standard CIFAR crop
         images = crop(images, training=True)
         if flip is not None:
             images = flip(images, training=True)

@@ -3,7 +3,7 @@
 from keras_vitmix import applications
 
 FAMILIES = {
-    "ViT": (applications.ViT, dict(patch_size=2, hidden_dim=64, num_layers=2, num_heads=4, mlp_dim=128)),
+    "ViT": (applications.ViT, dict(patch_size=2, hidden_dim=96, num_layers=2, num_heads=6, mlp_dim=192)),
     "MLPMixer": (applications.MLPMixer, dict(patch_size=2, hidden_dim=64, num_layers=2, token_mlp_dim=64, channel_mlp_dim=128)),
     "ConvMixer": (applications.ConvMixer, dict(hidden_dim=64, num_layers=2, patch_size=2, kernel_size=3)),
     "HybridMixerViT": (
