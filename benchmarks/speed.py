@@ -1,7 +1,8 @@
 """Speed against timm and keras-hub: inference and a training step, per backend.
 
-Each backend runs in its own process. There, for each model: our model (XLA where the
-backend has it: `jit_compile="auto"`), the same architecture in timm (PyTorch eager, as
+Each backend runs in its own process. There, for each model: our model (compiled with
+`jit_compile="auto"`, Keras's default: XLA under JAX; under TensorFlow XLA only where a
+GPU is present, `--jit-compile true` forces it), the same architecture in timm (PyTorch eager, as
 many threads as cores) and, for ViT, keras-hub's `ViTBackbone` with an equal config plus
 the same head, are timed alternately run by run on the same batch; the table reports our
 median time and the median of per-run ratios (ours ÷ reference: below 1 is faster).
@@ -41,6 +42,8 @@ def parse(argv):
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=5, help="timed runs of each side")
     parser.add_argument("--results", default=str(REPO / "benchmarks" / "RESULTS.md"))
+    parser.add_argument("--jit-compile", default="auto", choices=("auto", "true", "false"),
+                        help="compile()'s jit_compile for ours and keras-hub (auto: XLA where the backend has it)")
     parser.add_argument("--no-record", action="store_true")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)  # the backend, in a child
     return parser.parse_args(argv)
@@ -57,7 +60,11 @@ def compare(ours, references, repeats):
     return statistics.median(times["ours"]), ratios
 
 
-def ours_runners(name, overrides, batch):
+def jit_compile(args):
+    return {"auto": "auto", "true": True, "false": False}[args.jit_compile]
+
+
+def ours_runners(name, overrides, batch, jit="auto"):
     import keras
     import numpy as np
 
@@ -66,7 +73,7 @@ def ours_runners(name, overrides, batch):
     model = create_model(name, **overrides)
     x = np.random.default_rng(0).uniform(0, 255, (batch, *model.input_shape[1:])).astype("float32")
     y = np.arange(batch) % model.output_shape[-1]
-    model.compile(optimizer=keras.optimizers.AdamW(1e-4), loss="sparse_categorical_crossentropy")
+    model.compile(optimizer=keras.optimizers.AdamW(1e-4), loss="sparse_categorical_crossentropy", jit_compile=jit)
     return model, {
         "infer1": lambda: model.predict_on_batch(x[:1]),
         "infer": lambda: model.predict_on_batch(x),
@@ -109,7 +116,7 @@ def timm_runners(timm_name, overrides, batch, size):
     return {"infer1": lambda: infer(x[:1]), "infer": lambda: infer(x), "train": train}
 
 
-def keras_hub_runners(model, batch):
+def keras_hub_runners(model, batch, jit="auto"):
     """keras-hub's ViTBackbone with our model's config, class token and the same head."""
     import keras
     import keras_hub
@@ -123,7 +130,7 @@ def keras_hub_runners(model, batch):
     inputs = keras.Input(model.input_shape[1:])
     outputs = keras.layers.Dense(config["classes"], activation="softmax")(backbone(inputs)[:, 0])
     hub = keras.Model(inputs, outputs)
-    hub.compile(optimizer=keras.optimizers.AdamW(1e-4), loss="sparse_categorical_crossentropy")
+    hub.compile(optimizer=keras.optimizers.AdamW(1e-4), loss="sparse_categorical_crossentropy", jit_compile=jit)
     x = np.random.default_rng(0).uniform(0, 1, (batch, *model.input_shape[1:])).astype("float32")
     y = np.arange(batch) % config["classes"]
     return {
@@ -142,7 +149,7 @@ def worker(args):
     for name in args.models:
         timm_name, overrides = MODELS[name]
         before = peak_rss_mb()
-        model, ours = ours_runners(name, overrides, args.batch_size)
+        model, ours = ours_runners(name, overrides, args.batch_size, jit_compile(args))
         for fn in ours.values():  # alone first, for our memory
             fn()
         memory = peak_rss_mb() - before
@@ -150,7 +157,7 @@ def worker(args):
         if timm_name:
             references["timm"] = timm_runners(timm_name, overrides, args.batch_size, model.input_shape[1])
         if name.startswith("vit_"):
-            references["keras-hub"] = keras_hub_runners(model, args.batch_size)
+            references["keras-hub"] = keras_hub_runners(model, args.batch_size, jit_compile(args))
         row = dict(backend=keras.backend.backend(), model=name, depth=overrides.get("num_layers"),
                    params=model.count_params(), flops=count_flops(model)["flops"], peak_mb=memory)
         for task in ("infer1", "infer", "train"):
