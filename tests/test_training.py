@@ -12,7 +12,7 @@ from keras_vitmix import training
 
 from tests.small_models import FAMILIES, small
 
-RECIPE = dict(epochs=25, batch_size=64, learning_rate=3e-3, augment=True, verbose=0)
+RECIPE = dict(epochs=25, batch_size=64, learning_rate=3e-3, verbose=0)
 
 
 def history_rows(folder):
@@ -20,20 +20,23 @@ def history_rows(folder):
         return list(csv.DictReader(handle))
 
 
-# The recipe's light augmentation (a random crop after 2 px of zero padding; digits are
-# not flipped). Test accuracy reached over seeds and backends (360 digits, 25 epochs):
-# ConvMixer and ConvMixer->Mixer 98.9% (jax); MLP-Mixer 97.5-98.3%, ViT (96 wide)
+# The attention and Mixer families train with the recipe's light augmentation (a random
+# crop after 2 px of zero padding; digits are not flipped). Test accuracy reached over
+# seeds and backends (360 digits, 25 epochs): MLP-Mixer 97.5-98.3%, ViT (96 wide)
 # 96.9-98.9%, Mixer->ViT 96.9-97.5% (jax seeds 0-2, torch seed 0; benchmarks/RESULTS.md).
-# The small attention and Mixer models reach 100% training accuracy and overfit the
-# 1,257 training digits; they average about 98% but a seed can land a few images under
-# 97%, so their floor is 96% (it was 93% without augmentation).
+# They reach 100% training accuracy and overfit the 1,257 training digits; they average
+# about 98% but a seed can land a few images under 97%, so their floor is 96% (it was 93%
+# without augmentation). The two convolutional families fit digits without augmentation
+# (98.9%, jax) and lose to it at this budget (ConvMixer 96.1% with it, jax), so they train
+# without it and keep the 97% floor.
+AUGMENT = {"ConvMixer": False, "HybridConvMixerMixer": False, "ViT": True, "MLPMixer": True, "HybridMixerViT": True}
 MIN_ACCURACY = {"ConvMixer": 0.97, "HybridConvMixerMixer": 0.97, "ViT": 0.96, "MLPMixer": 0.96, "HybridMixerViT": 0.96}
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("family", list(FAMILIES))
 def test_every_family_learns_digits(family, tmp_path):
-    metrics = training.train(small(family), "digits", output_dir=str(tmp_path), **RECIPE)
+    metrics = training.train(small(family), "digits", output_dir=str(tmp_path), augment=AUGMENT[family], **RECIPE)
     assert metrics["test_accuracy"] >= MIN_ACCURACY[family] - 1e-6, metrics  # float32 accuracy
     assert metrics["test_examples"] == 360 and metrics["family"] == family
     for name in ("model.keras", "last.keras", "history.csv", "curves.png", "metrics.json"):
