@@ -9,8 +9,8 @@ multiply-adds (`benchmarks/conv_routes.py` measures it per backend). The JAX ver
 has a hand-written backward pass, so memory stays at Keras's level: a ConvMixer-768 (7x7
 kernel, 4 blocks, batch 32, 224 px) training step took 220 s and 3.7 GB with Keras's
 layer, 21 s and 22.5 GB differentiated automatically, 9.6 s and 3.9 GB with the
-hand-written backward pass. ConvMixer spends most of its time there, so this layer takes the shifted form where it is faster: the JAX
-backend on the CPU, stride 1, "same" or "valid" padding, no dilation, depth multiplier 1.
+hand-written backward pass. ConvMixer spends most of its time there, so this layer takes
+the shifted form where it is faster: the JAX backend on the CPU, stride 1, "same" or "valid" padding, no dilation, depth multiplier 1.
 
 Under torch, Keras's convolution copies the channels-last input to channels-first, copies
 it back to PyTorch's `channels_last` memory layout, and pads it, on every call. The same
@@ -66,8 +66,7 @@ def shifted_depthwise_conv(inputs, kernel, padding="same"):
 
 @functools.cache  # one custom_vjp function per padding, not one per call
 def _jax_shifted_depthwise(padding):
-    """`shifted_depthwise_conv` for JAX: taps accumulated in a loop, with a hand-written
-    backward pass.
+    """`shifted_depthwise_conv` for JAX, with a hand-written backward pass.
 
     Differentiated automatically, the shifted form let XLA keep every shifted product
     alive for the backward pass: kh * kw copies of the activations per layer, which ran a
