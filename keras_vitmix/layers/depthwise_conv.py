@@ -41,7 +41,8 @@ def _pads(kernel_size, padding):
 def shifted_depthwise_conv(inputs, kernel, padding="same"):
     """Depthwise convolution at stride 1 as a sum of shifted, channel-scaled copies.
 
-    The portable form, in `keras.ops` (the layer's JAX route is the same sum as a loop).
+    The portable form, in `keras.ops`; the layer's JAX route runs it (unrolled, which XLA
+    fuses into one pass) inside a hand-written backward pass.
 
     Args:
         inputs: tensor (B, H, W, C), channels last.
@@ -80,44 +81,29 @@ def _jax_shifted_depthwise(padding):
     import jax
     import jax.numpy as jnp
 
-    def shift_sum(padded, kernel, height, width, flip=False):
-        kh, kw = kernel.shape[0], kernel.shape[1]
-        total = None
-        for i in range(kh):  # unrolled: XLA fuses the taps into one pass (nothing is differentiated)
-            for j in range(kw):
-                weight = kernel[kh - 1 - i, kw - 1 - j] if flip else kernel[i, j]
-                term = padded[:, i : i + height, j : j + width, :] * weight
-                total = term if total is None else total + term
-        return total
-
-    def pad(x, kh, kw):
-        (top, bottom), (left, right) = _pads(kh, padding), _pads(kw, padding)
-        return jnp.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)))
-
     @jax.custom_vjp
-    def conv(x, kernel):  # kernel (kh, kw, C)
-        kh, kw = kernel.shape[0], kernel.shape[1]
-        padded = pad(x, kh, kw)
-        return shift_sum(padded, kernel, padded.shape[1] - kh + 1, padded.shape[2] - kw + 1)
+    def conv(x, kernel):  # kernel (kh, kw, C, 1)
+        return shifted_depthwise_conv(x, kernel, padding)
 
     def conv_forward(x, kernel):
         return conv(x, kernel), (x, kernel)
 
     def conv_backward(residuals, grad):
         x, kernel = residuals
-        kh, kw, channels = kernel.shape
+        kh, kw = kernel.shape[0], kernel.shape[1]
         (top, bottom), (left, right) = _pads(kh, padding), _pads(kw, padding)
+        # The input gradient: the same sum over the padded output gradient, kernel flipped.
         grad_padded = jnp.pad(grad, ((0, 0), (kh - 1 - top, kh - 1 - bottom), (kw - 1 - left, kw - 1 - right), (0, 0)))
-        grad_x = shift_sum(grad_padded, kernel, x.shape[1], x.shape[2], flip=True)
-        padded = pad(x, kh, kw)
+        grad_x = shifted_depthwise_conv(grad_padded, kernel[::-1, ::-1], "valid")
+        padded = jnp.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)))
 
         def tap(index, grad_kernel):
             i, j = index // kw, index % kw
             window = jax.lax.dynamic_slice(padded, (0, i, j, 0), grad.shape)
             total = jnp.sum((window * grad).astype("float32"), axis=(0, 1, 2))
-            return grad_kernel.at[i, j].set(total)
+            return grad_kernel.at[i, j, :, 0].set(total)
 
-        grad_kernel = jax.lax.fori_loop(0, kh * kw, tap, jnp.zeros((kh, kw, channels), "float32"))
+        grad_kernel = jax.lax.fori_loop(0, kh * kw, tap, jnp.zeros(kernel.shape, "float32"))
         return grad_x.astype(x.dtype), grad_kernel.astype(kernel.dtype)
 
     conv.defvjp(conv_forward, conv_backward)
@@ -167,14 +153,7 @@ class DepthwiseConv2D(keras.layers.DepthwiseConv2D):
         )
 
     def _torch_call(self, inputs):
-        """One grouped `conv2d` on a channels-last view: no copies of the activations.
-
-        Keras's torch convolution makes the input channels-first contiguous, then copies
-        it back to channels-last memory, pads it, and rebuilds the kernel, on every call.
-        A channels-last (B, H, W, C) tensor permuted to (B, C, H, W) already has
-        PyTorch's `channels_last` memory layout, which oneDNN convolves directly and
-        returns in the same layout, so permuting back is free too.
-        """
+        """One grouped `conv2d` on a channels-last view (see the module docstring)."""
         import torch
 
         kh, kw, channels, multiplier = self.kernel.shape
@@ -205,8 +184,7 @@ class DepthwiseConv2D(keras.layers.DepthwiseConv2D):
             return self._torch_call(inputs)
         if not self._shifted_applies(inputs):
             return super().call(inputs)
-        kernel = ops.cast(self.kernel, inputs.dtype)[:, :, :, 0]
-        outputs = _jax_shifted_depthwise(self.padding)(inputs, kernel)
+        outputs = _jax_shifted_depthwise(self.padding)(inputs, ops.cast(self.kernel, inputs.dtype))
         if self.use_bias:
             outputs = outputs + ops.cast(self.bias, outputs.dtype)
         if self.activation is not None:
