@@ -33,6 +33,8 @@ def _parser():
     train.add_argument("--distribute", choices=("none", "data_parallel"), default="none")
     train.add_argument("--output", default="runs/train", help="run folder")
     train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--ema", type=float, default=None, metavar="MOMENTUM",
+                       help="validate and keep an exponential moving average of the weights, e.g. 0.999")
     evaluate = commands.add_parser("evaluate", help="accuracy and a confusion matrix of a saved model")
     evaluate.add_argument("--model", required=True, help="a .keras file, e.g. runs/train/model.keras")
     evaluate.add_argument("--dataset", default="digits")
@@ -77,6 +79,7 @@ def _train(args):
         distribute=None if args.distribute == "none" else args.distribute,
         output_dir=args.output,
         seed=args.seed,
+        ema_momentum=args.ema,
     )
     return 0
 

@@ -92,6 +92,7 @@ def compile_for_training(
     label_smoothing=0.1,
     clipnorm=1.0,
     jit_compile="auto",
+    ema_momentum=None,
 ):
     """Compiles `model` with the recipe.
 
@@ -104,6 +105,11 @@ def compile_for_training(
         label_smoothing: float in [0, 1).
         clipnorm: float or None, global gradient-norm clipping.
         jit_compile: "auto", True (XLA under tensorflow and jax) or False.
+        ema_momentum: None, or a float in (0, 1): the optimizer also keeps an exponential
+            moving average of the weights (Polyak averaging, timm's "model EMA"), which
+            `fit` writes into the model when it ends. Pair it with
+            `keras.callbacks.SwapEMAWeights` to validate and checkpoint the average
+            (`callbacks(..., ema=True)` does).
 
     Returns:
         The model, compiled, with metrics "accuracy" (and "top5" for > 5 classes).
@@ -113,6 +119,10 @@ def compile_for_training(
             "XLA compilation is available under the tensorflow and jax backends, not torch. "
             "Received: jit_compile=True with KERAS_BACKEND=torch"
         )
+    if ema_momentum is not None and (
+        isinstance(ema_momentum, bool) or not isinstance(ema_momentum, (int, float)) or not 0 < ema_momentum < 1
+    ):
+        raise ValueError(f"`ema_momentum` must be None or in (0, 1). Received: ema_momentum={ema_momentum!r}")
     if warmup_steps is None:
         warmup_steps = max(1, total_steps // 10)
     if clipnorm and _tf_replicas() > 1:
@@ -127,6 +137,8 @@ def compile_for_training(
         learning_rate=warmup_cosine(learning_rate, total_steps, warmup_steps),
         weight_decay=weight_decay,
         global_clipnorm=clipnorm,
+        use_ema=ema_momentum is not None,
+        ema_momentum=0.99 if ema_momentum is None else float(ema_momentum),
     )
     optimizer.exclude_from_weight_decay(var_names=list(NO_WEIGHT_DECAY))
     metrics = [keras.metrics.MeanMetricWrapper(top1_accuracy, name="accuracy")]
@@ -174,12 +186,17 @@ def distribution_scope(distribute):
     )
 
 
-def callbacks(output_dir, extra=()):
-    """Best and last checkpoints (atomic), resumable backup, CSV history, curves PNG, timing."""
+def callbacks(output_dir, extra=(), ema=False):
+    """Best and last checkpoints (atomic), resumable backup, CSV history, curves PNG, timing.
+
+    With `ema=True` (an optimizer with `use_ema=True`), validation and both checkpoints
+    see the averaged weights; the backup, written first, keeps the raw ones.
+    """
     history = read_history(os.path.join(output_dir, "history.csv"))
     best = max(history["val_accuracy"]) if history.get("val_accuracy") else None
     return [
         keras.callbacks.BackupAndRestore(os.path.join(output_dir, "backup")),
+        *([keras.callbacks.SwapEMAWeights(swap_on_epoch=True)] if ema else []),
         # The later of tied epochs: a small validation set ties often, and the learning
         # rate has decayed further by then.
         AtomicCheckpoint(
@@ -220,6 +237,7 @@ def train(
     verbose="auto",
     model_overrides=None,
     extra_callbacks=(),
+    ema_momentum=None,
 ):
     """Trains a model on a dataset with the recipe and writes a run folder.
 
@@ -245,6 +263,8 @@ def train(
         verbose: Keras's fit verbosity ("auto" shows the progress bar).
         model_overrides: dict of constructor arguments for a registered name.
         extra_callbacks: more `keras.callbacks.Callback`s.
+        ema_momentum: None, or a float in (0, 1): validate, checkpoint and keep an
+            exponential moving average of the weights (see `compile_for_training`).
 
     Returns:
         The metrics dict written to metrics.json.
@@ -273,12 +293,12 @@ def train(
             steps = -(-info.num_examples // batch_size)
             compile_for_training(
                 net, epochs * steps, learning_rate, weight_decay, warmup_epochs * steps,
-                label_smoothing, jit_compile=jit_compile,
+                label_smoothing, jit_compile=jit_compile, ema_momentum=ema_momentum,
             )
         resuming = os.path.isdir(os.path.join(output_dir, "backup"))
         if not resuming and os.path.exists(os.path.join(output_dir, "history.csv")):
             os.remove(os.path.join(output_dir, "history.csv"))  # a fresh run: no stale rows
-        run_callbacks = callbacks(output_dir, extra_callbacks)
+        run_callbacks = callbacks(output_dir, extra_callbacks, ema=ema_momentum is not None)
         start = time.perf_counter()
         net.fit(
             train_ds, validation_data=val_ds, epochs=epochs, callbacks=run_callbacks, verbose=verbose, shuffle=False

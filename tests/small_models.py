@@ -8,7 +8,7 @@ FAMILIES = {
     "ConvMixer": (applications.ConvMixer, dict(hidden_dim=64, num_layers=2, patch_size=2, kernel_size=3)),
     "HybridMixerViT": (
         applications.HybridMixerViT,
-        dict(mixer_depth=1, attention_depth=1, patch_size=2, hidden_dim=64, num_heads=4, token_mlp_dim=64, channel_mlp_dim=128, mlp_dim=128),
+        dict(mixer_depth=1, attention_depth=1, patch_size=2, hidden_dim=96, num_heads=6, token_mlp_dim=96, channel_mlp_dim=192, mlp_dim=192),
     ),
     "HybridConvMixerMixer": (
         applications.HybridConvMixerMixer,
