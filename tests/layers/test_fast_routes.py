@@ -126,6 +126,43 @@ def test_shifted_route_is_cpu_jax_only(monkeypatch):
 
 
 @pytest.mark.parametrize(
+    "kwargs",
+    [dict(kernel_size=5, padding="same", activation="gelu"), dict(kernel_size=4, padding="same"),
+     dict(kernel_size=3, padding="valid", use_bias=False)],
+)
+def test_tensorflow_takes_the_shifted_route_under_xla_only(kwargs):
+    """Under TensorFlow, inside `tf.function(jit_compile=True)` on the CPU: the shifted
+    route, with Keras's values and gradients (input, kernel, bias); outside XLA, not."""
+    if keras.backend.backend() != "tensorflow":
+        assert not depthwise_conv._tf_xla_on_cpu()
+        return
+    import tensorflow as tf
+
+    shape = (2, 8, 8, 6)
+    ours, theirs = DepthwiseConv2D(**kwargs), keras.layers.DepthwiseConv2D(**kwargs)
+    for layer in (ours, theirs):
+        layer.build(shape)
+    ours.set_weights([lc.random_array(w.shape, seed=i) for i, w in enumerate(ours.get_weights())])
+    theirs.set_weights(ours.get_weights())
+    x = tf.constant(lc.random_array(shape, seed=4))
+    routes = []
+
+    def values_and_gradients(layer):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = layer(x)
+            loss = tf.reduce_sum(tf.sin(y))
+        routes.append(ours._shifted_applies(x))
+        return [y, *tape.gradient(loss, [x, *layer.trainable_weights])]
+
+    got = tf.function(values_and_gradients, jit_compile=True)(ours)
+    expected = values_and_gradients(theirs)  # eager: Keras's own kernel
+    assert routes == [True, False]
+    for a, b in zip(got, expected):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), atol=2e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize(
     "cls, kwargs",
     [
         (Conv2D, dict(filters=4, kernel_size=2, strides=2)),
