@@ -118,8 +118,9 @@ def _jax_shifted_depthwise(padding):
 
 def _tf_shifted_depthwise(x, kernel, padding):
     """`shifted_depthwise_conv` for TensorFlow under XLA, with the backward pass of
-    `_jax_shifted_depthwise` (the kernel gradient's taps unrolled: XLA fuses each product
-    into its reduction, so none is kept)."""
+    `_jax_shifted_depthwise`, the kernel gradient's taps unrolled (one reduction each).
+    A ConvMixer training step under TF+XLA is still 4x timm's; where its time goes is not
+    yet profiled (benchmarks/RESULTS.md)."""
     import tensorflow as tf
 
     @tf.custom_gradient
