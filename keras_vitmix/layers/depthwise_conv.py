@@ -119,8 +119,9 @@ def _jax_shifted_depthwise(padding):
 def _tf_shifted_depthwise(x, kernel, padding):
     """`shifted_depthwise_conv` for TensorFlow under XLA, with the backward pass of
     `_jax_shifted_depthwise`, the kernel gradient's taps unrolled (one reduction each).
-    A ConvMixer training step under TF+XLA is still 4x timm's; where its time goes is not
-    yet profiled (benchmarks/RESULTS.md)."""
+    Under TF+XLA this backward pass is still slow (30-55 s for a 7x7 layer on
+    (32, 32, 32, 768) with a data-dependent gradient; benchmarks/RESULTS.md), though
+    faster than Keras's layer under XLA."""
     import tensorflow as tf
 
     @tf.custom_gradient
