@@ -15,7 +15,7 @@ import warnings
 import keras
 from keras import ops
 
-from keras_vitmix.training_callbacks import AtomicCheckpoint, EpochTimer, TrainingCurves, read_history
+from keras_vitmix.training_callbacks import EpochTimer, callbacks
 
 # Variables named so are not decayed (LayerNorm/BatchNorm gamma/beta, biases, ...).
 NO_WEIGHT_DECAY = ("bias", "gamma", "beta", "position_embeddings", "class_token", "layer_scale")
@@ -184,30 +184,6 @@ def distribution_scope(distribute):
         "Data parallelism is supported under the jax (keras.distribution.DataParallel) and "
         f"tensorflow (tf.distribute.MirroredStrategy) backends. Received: KERAS_BACKEND={backend}"
     )
-
-
-def callbacks(output_dir, extra=(), ema=False):
-    """Best and last checkpoints (atomic), resumable backup, CSV history, curves PNG, timing.
-
-    With `ema=True` (an optimizer with `use_ema=True`), validation and both checkpoints
-    see the averaged weights; the backup, written first, keeps the raw ones.
-    """
-    history = read_history(os.path.join(output_dir, "history.csv"))
-    best = max(history["val_accuracy"]) if history.get("val_accuracy") else None
-    return [
-        keras.callbacks.BackupAndRestore(os.path.join(output_dir, "backup")),
-        *([keras.callbacks.SwapEMAWeights(swap_on_epoch=True)] if ema else []),
-        # The later of tied epochs: a small validation set ties often, and the learning
-        # rate has decayed further by then.
-        AtomicCheckpoint(
-            os.path.join(output_dir, "model.keras"), monitor="val_accuracy", mode="max", best=best, save_ties=True
-        ),
-        AtomicCheckpoint(os.path.join(output_dir, "last.keras")),
-        keras.callbacks.CSVLogger(os.path.join(output_dir, "history.csv"), append=True),
-        TrainingCurves(os.path.join(output_dir, "history.csv"), os.path.join(output_dir, "curves.png")),
-        EpochTimer(),
-        *extra,
-    ]
 
 
 def write_json(path, payload):

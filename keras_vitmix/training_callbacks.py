@@ -1,4 +1,5 @@
-"""Callbacks of the training recipe: atomic checkpoints, epoch timing, live curves."""
+"""Callbacks of the training recipe: atomic checkpoints, epoch timing, live curves, and
+`callbacks()`, the list `training.train` runs with."""
 
 import csv
 import os
@@ -95,3 +96,27 @@ def read_history(csv_path):
     if not rows:
         return {}
     return {key: [float(row[key]) for row in rows if row.get(key) not in (None, "")] for key in rows[0]}
+
+
+def callbacks(output_dir, extra=(), ema=False):
+    """Best and last checkpoints (atomic), resumable backup, CSV history, curves PNG, timing.
+
+    With `ema=True` (an optimizer with `use_ema=True`), validation and both checkpoints
+    see the averaged weights; the backup, written first, keeps the raw ones.
+    """
+    history = read_history(os.path.join(output_dir, "history.csv"))
+    best = max(history["val_accuracy"]) if history.get("val_accuracy") else None
+    return [
+        keras.callbacks.BackupAndRestore(os.path.join(output_dir, "backup")),
+        *([keras.callbacks.SwapEMAWeights(swap_on_epoch=True)] if ema else []),
+        # The later of tied epochs: a small validation set ties often, and the learning
+        # rate has decayed further by then.
+        AtomicCheckpoint(
+            os.path.join(output_dir, "model.keras"), monitor="val_accuracy", mode="max", best=best, save_ties=True
+        ),
+        AtomicCheckpoint(os.path.join(output_dir, "last.keras")),
+        keras.callbacks.CSVLogger(os.path.join(output_dir, "history.csv"), append=True),
+        TrainingCurves(os.path.join(output_dir, "history.csv"), os.path.join(output_dir, "curves.png")),
+        EpochTimer(),
+        *extra,
+    ]
