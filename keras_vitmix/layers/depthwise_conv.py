@@ -71,6 +71,15 @@ def shifted_depthwise_conv(inputs, kernel, padding="same"):
     return outputs
 
 
+def _input_gradient(grad, kernel, padding):
+    """The input gradient of `shifted_depthwise_conv`: the same sum over the padded output
+    gradient, with the kernel flipped (a "valid" convolution)."""
+    kh, kw = kernel.shape[0], kernel.shape[1]
+    (top, bottom), (left, right) = _pads(kh, padding), _pads(kw, padding)
+    grad_padded = ops.pad(grad, [[0, 0], [kh - 1 - top, kh - 1 - bottom], [kw - 1 - left, kw - 1 - right], [0, 0]])
+    return shifted_depthwise_conv(grad_padded, kernel[::-1, ::-1], "valid")
+
+
 @functools.cache  # one custom_vjp function per padding, not one per call
 def _jax_shifted_depthwise(padding):
     """`shifted_depthwise_conv` for JAX, with a hand-written backward pass.
@@ -98,9 +107,7 @@ def _jax_shifted_depthwise(padding):
         x, kernel = residuals
         kh, kw = kernel.shape[0], kernel.shape[1]
         (top, bottom), (left, right) = _pads(kh, padding), _pads(kw, padding)
-        # The input gradient: the same sum over the padded output gradient, kernel flipped.
-        grad_padded = jnp.pad(grad, ((0, 0), (kh - 1 - top, kh - 1 - bottom), (kw - 1 - left, kw - 1 - right), (0, 0)))
-        grad_x = shifted_depthwise_conv(grad_padded, kernel[::-1, ::-1], "valid")
+        grad_x = _input_gradient(grad, kernel, padding)
         padded = jnp.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)))
 
         def tap(index, grad_kernel):
@@ -129,8 +136,7 @@ def _tf_shifted_depthwise(x, kernel, padding):
         def backward(grad):
             kh, kw, channels = kernel.shape[0], kernel.shape[1], kernel.shape[2]
             (top, bottom), (left, right) = _pads(kh, padding), _pads(kw, padding)
-            grad_padded = tf.pad(grad, [[0, 0], [kh - 1 - top, kh - 1 - bottom], [kw - 1 - left, kw - 1 - right], [0, 0]])
-            grad_x = shifted_depthwise_conv(grad_padded, kernel[::-1, ::-1], "valid")
+            grad_x = _input_gradient(grad, kernel, padding)
             padded = tf.pad(x, [[0, 0], [top, bottom], [left, right], [0, 0]])
             height, width = grad.shape[1], grad.shape[2]
             taps = [
