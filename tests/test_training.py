@@ -209,3 +209,23 @@ def test_torch_refuses_xla_and_data_parallel():
         training.compile_for_training(small("ConvMixer"), total_steps=10, jit_compile=True)
     with pytest.raises(ValueError, match="Received: KERAS_BACKEND=torch"):
         training.distribution_scope("data_parallel")
+
+
+@pytest.mark.parametrize("min_interval, drawn", [(0.0, [1, 2, 3]), (1e9, [1, 3])])
+def test_curves_redraw_at_most_every_min_interval_and_at_the_end(min_interval, drawn, tmp_path, monkeypatch):
+    from keras_vitmix import plotting, training_callbacks
+
+    epochs_drawn = []
+    real = plotting.training_curves
+    monkeypatch.setattr(plotting, "training_curves", lambda h: epochs_drawn.append(len(h["loss"])) or real(h))
+    csv_path, png_path = str(tmp_path / "history.csv"), str(tmp_path / "curves.png")
+    curves = training_callbacks.TrainingCurves(csv_path, png_path, min_interval=min_interval)
+    with open(csv_path, "w") as handle:
+        handle.write("epoch,loss,val_loss\n")
+    for epoch in range(3):
+        with open(csv_path, "a") as handle:
+            handle.write(f"{epoch},{1.0 / (epoch + 1)},{2.0 / (epoch + 1)}\n")
+        curves.on_epoch_end(epoch)
+    curves.on_train_end()
+    assert epochs_drawn == drawn  # the first epoch, then (throttled) none until the end
+    assert os.path.getsize(png_path) > 0 and not os.path.exists(png_path[:-4] + ".tmp.png")
