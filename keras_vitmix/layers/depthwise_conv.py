@@ -127,13 +127,16 @@ def _tf_shifted_depthwise(x, kernel, padding):
     """`shifted_depthwise_conv` for TensorFlow under XLA, with the backward pass of
     `_jax_shifted_depthwise`, the kernel gradient's taps unrolled (one reduction each).
 
-    Under TF+XLA this backward pass is still slow, though faster than Keras's layer under
-    XLA. On a 7x7 layer on (32, 32, 32, 768), `benchmarks/depthwise_grad.py` times the
-    kernel gradient's reductions at 7.1 s under TF's XLA against 0.9 s under JAX's (an
-    einsum per tap 5.4 s, a `tf.while_loop` 12.8 s; TF's native kernel without XLA 0.3 s).
-    The whole layer with a ReLU takes 6.6 s forward and backward with a loss of sum(y**2),
-    but 31 s with sum(y), whose gradient is the ReLU's mask alone; an XLA optimization
-    barrier on the gradient did not change that (33 s)."""
+    The kernel gradient runs inside a one-trip `tf.while_loop`. Without it, XLA fused the
+    producer of the incoming gradient (an activation's derivative, which reads the
+    forward sum of kh * kw shifted products) into each of the kh * kw reductions, so the
+    forward sum ran kh * kw times over. A 7x7 layer with a ReLU on (32, 32, 32, 768)
+    then took 31 s forward and backward, and 8.3 s with the loop. An XLA optimization
+    barrier is removed before fusion, and a loop XLA can count or hoist is undone, hence
+    the trip count XLA cannot fold and the loop-dependent factor (1) on the gradient.
+    Even so, TF's XLA runs these reductions 7x slower than JAX's
+    (`benchmarks/depthwise_grad.py`).
+    """
     import tensorflow as tf
 
     @tf.custom_gradient
@@ -144,12 +147,25 @@ def _tf_shifted_depthwise(x, kernel, padding):
             grad_x = _input_gradient(grad, kernel, padding)
             padded = tf.pad(x, [[0, 0], [top, bottom], [left, right], [0, 0]])
             height, width = grad.shape[1], grad.shape[2]
-            taps = [
-                tf.reduce_sum(tf.cast(padded[:, i : i + height, j : j + width, :] * grad, "float32"), axis=(0, 1, 2))
-                for i in range(kh)
-                for j in range(kw)
-            ]
-            grad_kernel = tf.reshape(tf.stack(taps), (kh, kw, channels, 1))
+
+            def kernel_gradient(grad, padded):
+                taps = [
+                    tf.reduce_sum(tf.cast(padded[:, i : i + height, j : j + width, :] * grad, "float32"), axis=(0, 1, 2))
+                    for i in range(kh)
+                    for j in range(kw)
+                ]
+                return tf.reshape(tf.stack(taps), (kh, kw, channels, 1))
+
+            # One trip (see the docstring): `finite | ~finite` is true, NaN kernel or not.
+            finite = tf.math.is_finite(tf.reduce_sum(kernel))
+            trips = tf.cast(finite | ~finite, "int32")
+            _, _, _, grad_kernel = tf.while_loop(
+                lambda step, *_: step < trips,
+                lambda step, grad, padded, _: (
+                    step + 1, grad, padded, kernel_gradient(grad * tf.cast(step + 1, grad.dtype), padded)
+                ),
+                (tf.constant(0), grad, padded, tf.zeros((kh, kw, channels, 1), "float32")),
+            )
             return tf.cast(grad_x, x.dtype), tf.cast(grad_kernel, kernel.dtype)
 
         return shifted_depthwise_conv(x, kernel, padding), backward

@@ -162,6 +162,38 @@ def test_tensorflow_takes_the_shifted_route_under_xla_only(kwargs):
         np.testing.assert_allclose(a.numpy(), b.numpy(), atol=2e-5, rtol=1e-4)
 
 
+def test_tensorflow_xla_kernel_gradient_keeps_a_nan():
+    """The TF+XLA backward pass computes the kernel gradient in a one-trip loop whose
+    count is read from the kernel: a NaN in the kernel must not change the count (no
+    trip would leave a zero gradient). Without an activation, the kernel gradient does
+    not depend on the kernel, so it equals Keras's, NaN or not."""
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("the TF+XLA route exists under TensorFlow only")
+    import tensorflow as tf
+
+    layer = DepthwiseConv2D(3, use_bias=False)
+    layer.build((1, 5, 5, 2))
+    kernel = np.ones((3, 3, 2, 1), "float32")
+    kernel[0, 0, 0, 0] = np.nan
+    layer.set_weights([kernel])
+    x = tf.constant(lc.random_array((1, 5, 5, 2), seed=0))
+
+    @tf.function(jit_compile=True)
+    def kernel_gradient():
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(layer(x))
+        return tape.gradient(loss, layer.kernel)
+
+    theirs = keras.layers.DepthwiseConv2D(3, use_bias=False)
+    theirs.build((1, 5, 5, 2))
+    theirs.set_weights([kernel])
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(theirs(x))
+    expected = tape.gradient(loss, theirs.kernel).numpy()
+    assert np.all(np.isfinite(expected)) and np.all(expected != 0)
+    np.testing.assert_allclose(kernel_gradient().numpy(), expected, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize(
     "cls, kwargs",
     [
