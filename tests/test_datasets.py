@@ -7,7 +7,7 @@ import keras
 import numpy as np
 import pytest
 
-from keras_vitmix import datasets
+from keras_vitmix import augmentation, datasets
 
 SHARED = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-train-jpeg.tar.gz"
 CIFAR_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
@@ -101,7 +101,7 @@ def test_equalization_counts_with_bincount_in_the_pipeline():
     keras_counts = keras.ops.convert_to_numpy(
         type(layer)._custom_histogram_fixed_width(layer, keras.ops.convert_to_tensor(values), (0, 255), 256)
     )
-    datasets._bincount_histogram(layer)
+    augmentation.bincount_histogram(layer)
     ours = layer._custom_histogram_fixed_width(tf.constant(values), (0, 255), 256).numpy()
     expected = np.bincount(values.astype(int).ravel(), minlength=256)  # (0, 255) in 256 bins: the integer part
     np.testing.assert_array_equal(ours, expected)
