@@ -1,24 +1,16 @@
 """benchmarks/depthwise_grad.py on a tiny layer: every form of the kernel gradient agrees
 with a NumPy reference, and the table lists each form."""
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+from tests.benchmark_utils import benchmark_script
 
 
 @pytest.fixture(scope="module")
 def script():
-    sys.path.insert(0, str(BENCHMARKS))  # the script imports _timing beside it
-    spec = importlib.util.spec_from_file_location("depthwise_grad", BENCHMARKS / "depthwise_grad.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    yield module
-    sys.path.remove(str(BENCHMARKS))
+    with benchmark_script("depthwise_grad") as module:
+        yield module
 
 
 def kernel_gradient(x, g, k):

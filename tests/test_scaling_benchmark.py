@@ -1,29 +1,22 @@
 """benchmarks/scaling.py on tiny models: the sweep's checks, one point's rows, the report."""
 
 import collections
-import importlib.util
 import math
-import sys
-from pathlib import Path
 
 import keras
 import pytest
 
 from keras_vitmix import layers, plotting
+from tests.benchmark_utils import benchmark_script
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 TINY = ["--hidden-dim", "16", "--depth", "2", "--batch-size", "2", "--repeats", "1", "--fit-last", "2",
         "--image-sizes", "8", "16", "--patch-sizes", "4"]
 
 
 @pytest.fixture(scope="module")
 def scaling():
-    sys.path.insert(0, str(BENCHMARKS))  # the script imports _timing beside it
-    spec = importlib.util.spec_from_file_location("scaling", BENCHMARKS / "scaling.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    yield module
-    sys.path.remove(str(BENCHMARKS))
+    with benchmark_script("scaling") as module:
+        yield module
     plotting._pyplot().close("all")
 
 
