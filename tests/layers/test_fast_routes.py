@@ -231,6 +231,21 @@ def test_dense_matches_keras_values_and_gradients(kwargs, input_shape):
         np.testing.assert_allclose(got, expected, atol=1e-6, rtol=1e-5)
 
 
+def test_dense_under_jax_multiplies_one_matrix():
+    """Under JAX, tokens (B, N, D) go through one (B*N, D) product: the form whose kernel
+    gradient XLA:CPU computes without a transposed copy (keras_vitmix/layers/linear.py)."""
+    if keras.backend.backend() != "jax":
+        pytest.skip("the flattened route is JAX's")
+    import jax
+
+    layer = Dense(8)
+    layer.build((None, 16))
+    x = lc.random_array((2, 5, 16), seed=9)
+    jaxpr = jax.make_jaxpr(lambda t: layer(t))(x)
+    products = [e for e in jaxpr.jaxpr.eqns if e.primitive.name == "dot_general"]
+    assert [tuple(e.invars[0].aval.shape) for e in products] == [(10, 16)]
+
+
 @pytest.mark.parametrize("policy", lc.MIXED_POLICIES)
 def test_dense_mixed_precision(policy):
     lc.check_mixed_precision(Dense, dict(units=8), (2, 5, 16), policy)
