@@ -148,6 +148,34 @@ def test_fused_and_explicit_paths_agree_with_numpy(mask_kind, causal):
     np.testing.assert_allclose(scores.sum(-1), 1.0, atol=1e-5)
 
 
+def test_heads_first_route_matches_numpy():
+    """JAX's CPU route (heads before tokens in the batched products) computes the same
+    attention; tested on every backend, since its code is backend-neutral."""
+    layer = built_layer(seed=4)
+    x = lc.random_array(SHAPE, seed=5)
+    scale = 1.0 / np.sqrt(layer._head_dim)
+    expected, _ = reference_attention(layer, x)
+    np.testing.assert_allclose(lc.to_numpy(layer._heads_first_attention(x, scale)), expected, atol=1e-5)
+
+
+def test_plain_calls_take_the_heads_first_route_under_jax_on_cpu(monkeypatch):
+    from keras_vitmix.layers import attention
+
+    taken = []
+    real = MultiHeadSelfAttention._heads_first_attention
+    monkeypatch.setattr(
+        MultiHeadSelfAttention, "_heads_first_attention", lambda self, *a: taken.append(1) or real(self, *a)
+    )
+    layer = built_layer(seed=4)
+    x = lc.random_array(SHAPE, seed=5)
+    layer(x)
+    layer(x, attention_mask=padding_mask())  # masks take the fused path
+    layer(x, return_attention_scores=True)  # scores take the explicit path
+    on_cpu = keras.backend.backend() == "jax" and __import__("jax").default_backend() == "cpu"
+    assert attention._jax_on_cpu() == on_cpu
+    assert taken == ([1] if on_cpu else [])
+
+
 def test_scores_shape_dtype_and_rows():
     out, scores = MultiHeadSelfAttention(HEADS)(lc.random_array(SHAPE), return_attention_scores=True)
     assert tuple(out.shape) == SHAPE
