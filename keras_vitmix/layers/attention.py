@@ -3,8 +3,10 @@
 Vaswani et al., "Attention Is All You Need", NeurIPS 2017
 (https://arxiv.org/abs/1706.03762): softmax(Q K^T / sqrt(d)) V, computed per head.
 Without scores the layer calls `keras.ops.dot_product_attention`, which dispatches to
-each backend's fused kernel (flash attention where available); with scores it computes
-the softmax explicitly in float32 so the maps can be inspected. Both paths agree.
+each backend's fused kernel (flash attention where available), except under JAX on the
+CPU, where plain self-attention multiplies with heads first (faster there, see
+`_jax_on_cpu`); with scores it computes the softmax explicitly in float32 so the maps can
+be inspected. All paths agree.
 """
 
 import keras

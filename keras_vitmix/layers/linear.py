@@ -5,8 +5,8 @@ product and reshaped back. Keras's `Dense` multiplies the 3-D tensor directly, a
 the backward pass XLA:CPU then contracts the kernel gradient over two axes (B and N): it
 materializes a transposed copy of the activations first and runs that product off its
 fast matrix-multiply path. On a ViT-Ti MLP (32 x 197 tokens, 192 -> 768 -> 192) the
-gradient took 207 ms in the 3-D form and 116 ms flattened (`benchmarks/vit_parts.py`
-has the block's parts). The flattening is a free reshape of a contiguous array.
+gradient took 180 ms in the 3-D form and 122 ms flattened (`benchmarks/vit_parts.py`,
+RESULTS.md 2026-11-23). The flattening is a free reshape of a contiguous array.
 
 Keras's `Dense` computes `matmul(x, W)` and then adds the bias in a second pass over the
 output. Under the torch backend that second pass is a separate kernel launch and a full
