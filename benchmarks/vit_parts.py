@@ -99,9 +99,8 @@ class _Ops:
         self.name, self.heads = name, heads
         if name == "jax":
             import jax
-            import jax.numpy as jnp
 
-            self.jax, self.jnp = jax, jnp
+            self.jax = jax
         else:
             import torch
 
