@@ -32,6 +32,9 @@ class HybridMixerViT(_common.Application):
         attention_dropout: float, dropout on attention probabilities.
         drop_path_rate: float, stochastic depth of the last block (linear from 0).
         layer_norm_epsilon: float.
+        flash_attention: None, True or False: the blocks' fused attention kernel (see
+            `keras_vitmix.layers.MultiHeadSelfAttention`); None follows
+            `keras.config.is_flash_attention_enabled()`.
 {application_args}
     Example:
 
@@ -58,6 +61,7 @@ class HybridMixerViT(_common.Application):
         attention_dropout=0.0,
         drop_path_rate=0.0,
         layer_norm_epsilon=1e-6,
+        flash_attention=None,
         input_shape=None,
         include_top=True,
         include_preprocessing=True,
@@ -107,6 +111,7 @@ class HybridMixerViT(_common.Application):
             dropout_rate=dropout_rate,
             attention_dropout=attention_dropout,
             layer_norm_epsilon=layer_norm_epsilon,
+            flash_attention=flash_attention,
         )
         x = keras.layers.LayerNormalization(epsilon=layer_norm_epsilon, name="norm")(x)
         outputs = _common.pool_and_head(

@@ -40,6 +40,9 @@ class ViT(_common.Application):
         drop_path_rate: float, stochastic depth of the last block (linear from 0).
         layer_scale_init: optional float, LayerScale initial value.
         layer_norm_epsilon: float.
+        flash_attention: None, True or False: the blocks' fused attention kernel (see
+            `keras_vitmix.layers.MultiHeadSelfAttention`); None follows
+            `keras.config.is_flash_attention_enabled()`.
 {application_args}
     Example:
 
@@ -67,6 +70,7 @@ class ViT(_common.Application):
         drop_path_rate=0.0,
         layer_scale_init=None,
         layer_norm_epsilon=1e-6,
+        flash_attention=None,
         input_shape=None,
         include_top=True,
         include_preprocessing=True,
@@ -111,6 +115,7 @@ class ViT(_common.Application):
             attention_dropout=attention_dropout,
             layer_scale_init=layer_scale_init,
             layer_norm_epsilon=layer_norm_epsilon,
+            flash_attention=flash_attention,
         )
         x = keras.layers.LayerNormalization(epsilon=layer_norm_epsilon, name="norm")(x)
         if use_distillation_token and pooling == "token":

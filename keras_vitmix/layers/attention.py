@@ -3,10 +3,10 @@
 Vaswani et al., "Attention Is All You Need", NeurIPS 2017
 (https://arxiv.org/abs/1706.03762): softmax(Q K^T / sqrt(d)) V, computed per head.
 Without scores the layer calls `keras.ops.dot_product_attention`, which dispatches to
-each backend's fused kernel (flash attention where available), except under JAX on the
-CPU, where plain self-attention multiplies with heads first (faster there, see
-`_jax_on_cpu`); with scores it computes the softmax explicitly in float32 so the maps can
-be inspected. All paths agree.
+each backend's fused kernel (flash attention where available; `flash_attention=` chooses),
+except under JAX on the CPU, where plain self-attention multiplies with heads first
+(faster there, see `_jax_on_cpu`); with scores it computes the softmax explicitly in
+float32 so the maps can be inspected. All paths agree.
 """
 
 import keras
@@ -28,6 +28,13 @@ class MultiHeadSelfAttention(keras.layers.Layer):
         key_dim: optional int, size of each head; defaults to `D // num_heads`.
         dropout: float in [0, 1), dropout on the attention probabilities.
         use_bias: bool, whether the projections have biases.
+        flash_attention: None, True or False. None follows
+            `keras.config.is_flash_attention_enabled()`: a fused flash kernel where the
+            backend has one for the inputs (JAX: cuDNN on an Ampere or newer GPU;
+            torch: CUDA; both in float16/bfloat16), the plain product otherwise. True
+            requires the flash kernel and raises a `ValueError` where there is none
+            (on a CPU, under TensorFlow); False never uses it. Calls that return scores
+            or apply attention dropout compute the softmax explicitly either way.
         **kwargs: base layer keyword arguments.
 
     Call arguments:
@@ -53,8 +60,13 @@ class MultiHeadSelfAttention(keras.layers.Layer):
         Vaswani et al., 2017, https://arxiv.org/abs/1706.03762
     """
 
-    def __init__(self, num_heads, key_dim=None, dropout=0.0, use_bias=True, **kwargs):
+    def __init__(self, num_heads, key_dim=None, dropout=0.0, use_bias=True, flash_attention=None, **kwargs):
         super().__init__(**kwargs)
+        if not (flash_attention is None or isinstance(flash_attention, bool)):
+            raise ValueError(
+                f"`flash_attention` must be None, True or False. Received: flash_attention={flash_attention!r}"
+            )
+        self.flash_attention = flash_attention
         self.num_heads = check_positive_int(num_heads, "num_heads")
         self.key_dim = None if key_dim is None else check_positive_int(key_dim, "key_dim")
         self.dropout = check_rate(dropout, "dropout")
@@ -118,7 +130,10 @@ class MultiHeadSelfAttention(keras.layers.Layer):
         scale = 1.0 / float(self._head_dim) ** 0.5
         dropout_active = training and self.dropout > 0.0
         plain = not (return_attention_scores or dropout_active or use_causal_mask) and attention_mask is None
-        if plain and _jax_on_cpu():
+        flash = self.flash_attention
+        if flash is None:
+            flash = keras.config.is_flash_attention_enabled()  # None (where possible) or False
+        if plain and flash is not True and _jax_on_cpu():
             return self._heads_first_attention(inputs, scale)
         q, k, v = self._split_heads(inputs)
         if return_attention_scores or dropout_active:
@@ -129,9 +144,7 @@ class MultiHeadSelfAttention(keras.layers.Layer):
             mask = None
             if attention_mask is not None:
                 mask = self._mask(attention_mask, False, tokens)
-            outputs = ops.dot_product_attention(
-                q, k, v, mask=mask, scale=scale, is_causal=use_causal_mask
-            )  # (B, N, H, d)
+            outputs = _fused_attention(q, k, v, mask, scale, use_causal_mask, flash)  # (B, N, H, d)
             scores = None
         batch = ops.shape(outputs)[0]
         outputs = self.proj(ops.reshape(outputs, (batch, tokens, self.num_heads * self._head_dim)))
@@ -181,9 +194,31 @@ class MultiHeadSelfAttention(keras.layers.Layer):
                 "key_dim": self.key_dim,
                 "dropout": self.dropout,
                 "use_bias": self.use_bias,
+                "flash_attention": self.flash_attention,
             }
         )
         return config
+
+
+def _fused_attention(q, k, v, mask, scale, is_causal, flash):
+    """`keras.ops.dot_product_attention`; with `flash=True`, a backend that has no flash
+    kernel for these inputs raises a `ValueError` that says what it needs."""
+    if flash is not True:
+        return ops.dot_product_attention(q, k, v, mask=mask, scale=scale, is_causal=is_causal, flash_attention=flash)
+    backend = keras.backend.backend()
+    try:
+        return ops.dot_product_attention(q, k, v, mask=mask, scale=scale, is_causal=is_causal, flash_attention=True)
+    except (RuntimeError, ValueError, ImportError, NotImplementedError, AssertionError) as error:
+        if "out of memory" in str(error).lower() or "resource_exhausted" in str(error).lower():
+            raise  # the kernel exists; the device is full
+        raise ValueError(
+            "flash_attention=True, but there is no flash-attention kernel for these inputs here. It needs "
+            "the JAX backend with cuDNN on an Ampere or newer GPU, or the torch backend on CUDA, with "
+            "float16 or bfloat16 inputs (e.g. the 'mixed_bfloat16' policy); TensorFlow has none. Pass "
+            "flash_attention=None to use it only where it can run. Received: "
+            f"backend={backend}, dtype={q.dtype}, query shape={tuple(q.shape)} (batch, tokens, heads, head size); "
+            f"{type(error).__name__}: {str(error)[:300]}"
+        ) from error
 
 
 def _jax_on_cpu():

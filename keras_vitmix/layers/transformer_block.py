@@ -28,6 +28,7 @@ class TransformerBlock(keras.layers.Layer):
         layer_scale_init: optional float; when set, each branch is scaled by a learned
             per-channel vector initialized to this value (LayerScale).
         layer_norm_epsilon: float, epsilon of both LayerNorms.
+        flash_attention: None, True or False, see `MultiHeadSelfAttention`.
         **kwargs: base layer keyword arguments.
 
     Call arguments:
@@ -58,6 +59,7 @@ class TransformerBlock(keras.layers.Layer):
         drop_path_rate=0.0,
         layer_scale_init=None,
         layer_norm_epsilon=1e-6,
+        flash_attention=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -71,8 +73,9 @@ class TransformerBlock(keras.layers.Layer):
         policy = self.dtype_policy
         self.norm1 = keras.layers.LayerNormalization(epsilon=layer_norm_epsilon, dtype=policy, name="norm1")
         self.attention = MultiHeadSelfAttention(
-            num_heads, dropout=attention_dropout, dtype=policy, name="attention"
+            num_heads, dropout=attention_dropout, flash_attention=flash_attention, dtype=policy, name="attention"
         )
+        self.flash_attention = self.attention.flash_attention
         self.attention_output_dropout = keras.layers.Dropout(dropout_rate, dtype=policy, name="dropout")
         self.norm2 = keras.layers.LayerNormalization(epsilon=layer_norm_epsilon, dtype=policy, name="norm2")
         self.mlp = MLP(mlp_dim, dropout_rate=dropout_rate, dtype=policy, name="mlp")
@@ -127,6 +130,7 @@ class TransformerBlock(keras.layers.Layer):
                 "drop_path_rate": self.drop_path_rate,
                 "layer_scale_init": self.layer_scale_init,
                 "layer_norm_epsilon": self.layer_norm_epsilon,
+                "flash_attention": self.flash_attention,
             }
         )
         return config

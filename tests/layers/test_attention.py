@@ -245,3 +245,75 @@ def test_bad_attention_mask_rank_raises():
 )
 def test_bad_arguments_raise(name, value):
     lc.check_bad_argument(MultiHeadSelfAttention, {"num_heads": HEADS}, name, value)
+
+
+def _on_accelerator():
+    if keras.backend.backend() == "jax":
+        import jax
+
+        return jax.default_backend() == "gpu"
+    if keras.backend.backend() == "torch":
+        import torch
+
+        return torch.cuda.is_available()
+    return False
+
+
+@pytest.mark.parametrize("flash", [None, False])
+def test_flash_attention_setting_reaches_the_fused_op(monkeypatch, flash):
+    """None follows Keras's global switch (None: where possible; False after
+    `keras.config.disable_flash_attention()`), False always passes False; outputs equal."""
+    from keras_vitmix.layers import attention
+
+    seen = []
+    real = attention.ops.dot_product_attention
+    monkeypatch.setattr(
+        attention.ops, "dot_product_attention",
+        lambda *a, **k: seen.append(k["flash_attention"]) or real(*a, **k),
+    )
+    layer = built_layer(seed=6, flash_attention=flash)
+    x = lc.random_array(SHAPE, seed=7)
+    mask = padding_mask()  # masked calls take the fused op on every backend
+    expected, _ = reference_attention(layer, x, mask[:, None, None, :])
+    np.testing.assert_allclose(call(layer, x, attention_mask=mask), expected, atol=1e-5)
+    keras.config.disable_flash_attention()
+    try:
+        call(layer, x, attention_mask=mask)
+    finally:
+        keras.config.enable_flash_attention()
+    assert seen == ([None, False] if flash is None else [False, False])
+
+
+def test_flash_attention_true_without_a_kernel_raises_a_clear_error():
+    """On a CPU (and under TensorFlow anywhere) there is no flash kernel: True says so."""
+    if _on_accelerator():
+        pytest.skip("a GPU may have the kernel: benchmarks/gpu.py exercises it there")
+    layer = built_layer(seed=6, flash_attention=True)
+    with pytest.raises(ValueError, match=r"flash_attention=True.*no flash-attention kernel.*backend="):
+        layer(lc.random_array(SHAPE, seed=7))
+    # Scores and attention dropout compute explicitly whatever the setting.
+    out, scores = call(layer, lc.random_array(SHAPE, seed=7), return_attention_scores=True)
+    np.testing.assert_allclose(scores.sum(-1), 1.0, atol=1e-5)
+
+
+@pytest.mark.parametrize("value", [1, "yes", 0.5])
+def test_bad_flash_attention_raises(value):
+    with pytest.raises(ValueError, match=re.escape(f"flash_attention={value!r}")):
+        MultiHeadSelfAttention(HEADS, flash_attention=value)
+
+
+def test_flash_attention_round_trips_through_config():
+    layer = MultiHeadSelfAttention(HEADS, flash_attention=False)
+    assert MultiHeadSelfAttention.from_config(layer.get_config()).flash_attention is False
+
+
+def test_flash_attention_true_lets_out_of_memory_through(monkeypatch):
+    """A kernel that exists but finds the device full is not 'no kernel'."""
+    from keras_vitmix.layers import attention
+
+    def full(*args, **kwargs):
+        raise RuntimeError("CUDA out of memory. Tried to allocate 768.00 MiB")
+
+    monkeypatch.setattr(attention.ops, "dot_product_attention", full)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        attention._fused_attention(*(lc.random_array((2, 4, HEADS, 8)),) * 3, None, 0.35, False, True)
