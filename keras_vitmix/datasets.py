@@ -210,10 +210,22 @@ def _image_files(folder):
     return files
 
 
-def _folder(root, split, image_size, seed, validation_fraction):
-    """`train/<class>/...` (+ optional `test/`); validation held out of train per class."""
-    import tensorflow as tf
+def list_folder(root, split="train", seed=0, validation_fraction=0.1):
+    """The image files and labels of a folder's split, as `load` reads them (no TensorFlow).
 
+    Args:
+        root: a folder with `train/<class>/*.jpg|png` and optionally `test/<class>/`.
+        split: "train", "validation" or "test"; without `test/`, "validation" and
+            "test" are the same seeded hold-out of `train/`.
+        seed: int, shuffles each class before the hold-out.
+        validation_fraction: float in (0, 1), the part of each class held out.
+
+    Returns:
+        `(paths, labels, class_names, note)`: lists of file paths and int labels, the
+        class names in label order (sorted folder names), and how the split was made.
+    """
+    if split not in SPLITS:
+        raise ValueError(f"`split` must be one of {SPLITS}. Received: split={split!r}")
     root = pathlib.Path(root)
     train_root = root / "train" if (root / "train").is_dir() else None
     if train_root is None:
@@ -252,6 +264,15 @@ def _folder(root, split, image_size, seed, validation_fraction):
         )
         if split == "test":
             note = "no test/ folder: the test split is the validation hold-out, " + note
+    return paths, labels, tuple(classes), note
+
+
+def _folder(root, split, image_size, seed, validation_fraction):
+    """`train/<class>/...` (+ optional `test/`); validation held out of train per class."""
+    import tensorflow as tf
+
+    paths, labels, classes, note = list_folder(root, split, seed, validation_fraction)
+    root = pathlib.Path(root)
     if image_size is None:
         first = tf.io.decode_image(tf.io.read_file(paths[0]), channels=3, expand_animations=False)
         image_size = tuple(int(d) for d in first.shape[:2])

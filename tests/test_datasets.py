@@ -128,6 +128,25 @@ def test_folder_of_cifar_jpegs(cifar_folder):
     assert test_info.num_examples == val_info.num_examples
 
 
+def test_list_folder_gives_the_files_load_reads(cifar_folder):
+    """`list_folder` (no TensorFlow: benchmarks/accuracy.py's NumPy pipeline uses it)
+    names the images of each split that `load` yields, labels included."""
+    from PIL import Image
+
+    for split in ("train", "validation"):
+        paths, labels, classes, note = datasets.list_folder(cifar_folder, split, seed=0)
+        images, loaded_labels = collect(datasets.load(cifar_folder, split, batch_size=50, shuffle=False)[0])
+        assert classes == CIFAR_CLASSES and "train/" in note
+        np.testing.assert_array_equal(loaded_labels, labels)
+        decoded = np.stack([np.asarray(Image.open(p).convert("RGB"), np.float32) for p in paths])
+        assert np.abs(decoded - images).mean() < 1.0  # PIL's and TensorFlow's JPEG decoders
+    train = set(datasets.list_folder(cifar_folder, "train")[0])
+    held = set(datasets.list_folder(cifar_folder, "validation")[0])
+    assert not train & held and len(train | held) == 10 * PER_CLASS
+    with pytest.raises(ValueError, match="split='val'"):
+        datasets.list_folder(cifar_folder, "val")
+
+
 def test_folder_with_test_split_grayscale_and_odd_sizes(cifar_folder, tmp_path):
     from PIL import Image
 
