@@ -8,9 +8,11 @@ import sys
 import time
 
 
-def alternate(functions, repeats, warmup=2):
+def alternate(functions, repeats, warmup=2, balanced=False):
     """Calls each of {name: fn} `warmup` times (tracing, compiling), then `repeats` rounds
-    of one timed call each, in turn, so drifts in machine load hit all alike.
+    of one timed call each, in turn, so drifts in machine load hit all alike. With
+    `balanced`, every other round runs them in reverse order, so that no function always
+    runs first (right after the previous round's last one).
 
     Returns:
         {name: [seconds of each round]}.
@@ -19,8 +21,9 @@ def alternate(functions, repeats, warmup=2):
         for _ in range(warmup):
             fn()
     times = {name: [] for name in functions}
-    for _ in range(repeats):
-        for name, fn in functions.items():
+    for round_ in range(repeats):
+        order = list(functions.items())
+        for name, fn in order[::-1] if balanced and round_ % 2 else order:
             start = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - start)

@@ -6,6 +6,7 @@ import os
 import keras
 from keras import ops
 
+from keras_vitmix.applications._jax_compile import JAX_CPU_COMPILER_OPTIONS, jax_cpu_compiler_options
 from keras_vitmix.layers import BatchNormalization, ConvMixerBlock, MixerBlock, PatchEmbedding, TransformerBlock
 from keras_vitmix.layers._checks import check_positive_int, check_rate, to_pair
 
@@ -220,6 +221,10 @@ class Application(keras.Model):
 
     _MODEL_KWARGS = ("dtype", "trainable")
 
+    # XLA options for the train, test and predict steps Keras compiles under JAX on the
+    # CPU (see `_jax_compile`); assign {} on the class or a model for XLA's defaults.
+    jax_cpu_compiler_options = JAX_CPU_COMPILER_OPTIONS
+
     def _finish(self, inputs, outputs, config, weights, name, **kwargs):
         unknown = sorted(set(kwargs) - set(self._MODEL_KWARGS))
         if unknown:
@@ -248,6 +253,18 @@ class Application(keras.Model):
                 "another `input_shape`."
             )
         return super().call(inputs, training=training, mask=mask, **kwargs)
+
+    def make_train_function(self, force=False):
+        with jax_cpu_compiler_options(self.jax_cpu_compiler_options):
+            return super().make_train_function(force)
+
+    def make_test_function(self, force=False):
+        with jax_cpu_compiler_options(self.jax_cpu_compiler_options):
+            return super().make_test_function(force)
+
+    def make_predict_function(self, force=False):
+        with jax_cpu_compiler_options(self.jax_cpu_compiler_options):
+            return super().make_predict_function(force)
 
     def get_compile_config(self):
         # Keras records a backend's own optimizer class (e.g. module
