@@ -11,17 +11,21 @@ YNNPACK"); the other registered families moved by 0.91-1.05x, within run-to-run 
 or faster.
 
 `Application` compiles its steps with `JAX_CPU_COMPILER_OPTIONS` unless its
-`jax_cpu_compiler_options` attribute says otherwise; `{}` restores XLA's defaults.
+`jax_cpu_compiler_options` attribute says otherwise; `{}` restores XLA's defaults. The
+steps are built at the first `fit` / `evaluate` / `predict` after `compile()`, so a
+change takes effect from then.
 Other backends, accelerators and Keras with Flax NNX are left alone.
 """
 
 import contextlib
 import functools
+import types
 import warnings
 
 import keras
 
-JAX_CPU_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_REDUCE"}
+# Read-only: every model shares it until one is given options of its own.
+JAX_CPU_COMPILER_OPTIONS = types.MappingProxyType({"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_REDUCE"})
 
 _accepted = {}
 
