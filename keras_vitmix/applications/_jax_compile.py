@@ -24,18 +24,12 @@ import warnings
 
 import keras
 
+from keras_vitmix.layers._platform import jax_on_cpu
+
 # Read-only: every model shares it until one is given options of its own.
 JAX_CPU_COMPILER_OPTIONS = types.MappingProxyType({"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_REDUCE"})
 
 _accepted = {}
-
-
-def _jax_on_cpu():
-    if keras.backend.backend() != "jax":
-        return False
-    import jax
-
-    return jax.default_backend() == "cpu"
 
 
 def options_accepted(options):
@@ -72,7 +66,7 @@ def jax_cpu_compiler_options(options):
     so this binds them into that `jit` while a `make_*_function` runs and restores it after.
     """
     from_module = None
-    if options and _jax_on_cpu() and not keras.config.is_nnx_enabled() and options_accepted(options):
+    if options and jax_on_cpu() and not keras.config.is_nnx_enabled() and options_accepted(options):
         from keras.src.backend.jax import trainer as from_module
 
         if not callable(getattr(from_module, "jit", None)):

@@ -5,7 +5,7 @@ Vaswani et al., "Attention Is All You Need", NeurIPS 2017
 Without scores the layer calls `keras.ops.dot_product_attention`, which dispatches to
 each backend's fused kernel (flash attention where available; `flash_attention=` chooses),
 except under JAX on the CPU, where plain self-attention multiplies with heads first
-(faster there, see `_jax_on_cpu`); with scores it computes the softmax explicitly in
+(faster there, see `_heads_first_attention`); with scores it computes the softmax explicitly in
 float32 so the maps can be inspected. All paths agree.
 """
 
@@ -13,6 +13,7 @@ import keras
 from keras import ops
 
 from keras_vitmix.layers._checks import check_positive_int, check_rate
+from keras_vitmix.layers._platform import jax_on_cpu as _jax_on_cpu
 from keras_vitmix.layers.linear import Dense
 
 
@@ -151,8 +152,13 @@ class MultiHeadSelfAttention(keras.layers.Layer):
         return (outputs, scores) if return_attention_scores else outputs
 
     def _heads_first_attention(self, inputs, scale):
-        """softmax(Q K^T) V with heads before tokens, (B, H, N, d), for the batched
-        products: JAX's CPU route (see `_jax_on_cpu`)."""
+        """softmax(Q K^T) V with heads before tokens, (B, H, N, d): JAX's CPU route.
+
+        There, JAX's `dot_product_attention` (what `keras.ops.dot_product_attention`
+        calls) multiplies (B, N, H, d) tensors, and XLA:CPU's batched products in that
+        layout took a fifth longer, forward and backward, than with heads first (a ViT-Ti
+        block's attention at batch 32: 96 -> 80 ms). On an accelerator the fused kernel
+        stays."""
         qkv = self.qkv(inputs)
         batch, tokens = ops.shape(qkv)[0], ops.shape(qkv)[1]
         qkv = ops.transpose(ops.reshape(qkv, (batch, tokens, 3, self.num_heads, self._head_dim)), (2, 0, 3, 1, 4))
@@ -219,16 +225,3 @@ def _fused_attention(q, k, v, mask, scale, is_causal, flash):
             f"backend={backend}, dtype={q.dtype}, query shape={tuple(q.shape)} (batch, tokens, heads, head size); "
             f"{type(error).__name__}: {str(error)[:300]}"
         ) from error
-
-
-def _jax_on_cpu():
-    """Whether attention runs under JAX on the CPU. There, JAX's `dot_product_attention`
-    (what `keras.ops.dot_product_attention` calls) multiplies (B, N, H, d) tensors, and
-    XLA:CPU's batched products in that layout took a fifth longer, forward and backward,
-    than with heads first (a ViT-Ti block's attention at batch 32: 96 -> 80 ms). On an
-    accelerator the fused kernel stays."""
-    if keras.backend.backend() != "jax":
-        return False
-    import jax
-
-    return jax.default_backend() == "cpu"

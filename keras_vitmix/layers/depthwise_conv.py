@@ -35,6 +35,8 @@ import functools
 import keras
 from keras import ops
 
+from keras_vitmix.layers._platform import jax_on_cpu as _jax_on_cpu  # tests patch this name
+
 
 def _pads(kernel_size, padding):
     """(before, after) padding at stride 1: TensorFlow's and Keras's for "same", none for "valid"."""
@@ -182,14 +184,6 @@ def _tf_xla_on_cpu():
 
     graph = tf.compat.v1.get_default_graph()
     return control_flow_util.GraphOrParentsInXlaContext(graph) and not tf.config.list_logical_devices("GPU")
-
-
-def _jax_on_cpu():
-    if keras.backend.backend() != "jax":
-        return False
-    import jax
-
-    return jax.default_backend() == "cpu"
 
 
 @keras.saving.register_keras_serializable(package="keras_vitmix")
