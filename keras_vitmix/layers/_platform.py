@@ -10,3 +10,13 @@ def jax_on_cpu():
     import jax
 
     return jax.default_backend() == "cpu"
+
+
+def cpu_threads():
+    """How many CPUs this process may run on (XLA:CPU sizes its thread pool by this)."""
+    import os
+
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not on Linux
+        return os.cpu_count() or 1

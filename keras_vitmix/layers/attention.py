@@ -13,6 +13,7 @@ import keras
 from keras import ops
 
 from keras_vitmix.layers._checks import check_positive_int, check_rate
+from keras_vitmix.layers._platform import cpu_threads as _cpu_threads
 from keras_vitmix.layers._platform import jax_on_cpu as _jax_on_cpu
 from keras_vitmix.layers.linear import Dense
 
@@ -158,14 +159,28 @@ class MultiHeadSelfAttention(keras.layers.Layer):
         calls) multiplies (B, N, H, d) tensors, and XLA:CPU's batched products in that
         layout took a fifth longer, forward and backward, than with heads first (a ViT-Ti
         block's attention at batch 32: 96 -> 80 ms). On an accelerator the fused kernel
-        stays."""
+        stays.
+
+        XLA:CPU fuses the two products and the softmax into one YNNPACK kernel, which runs
+        on one thread. The batch is therefore cut into one slice per CPU, computed as
+        independent kernels that XLA runs side by side: at batch 32 on 2 CPUs, ViT-Ti's
+        inference took 0.88x and its training step 0.94x the time of one kernel
+        (benchmarks/RESULTS.md, "Attention on the CPU under JAX"). Each slice computes
+        the same values as the whole. The scale multiplies Q (B*H*N*d values) rather than
+        the logits (B*H*N*N), which XLA had materialized as a full-size operand."""
         qkv = self.qkv(inputs)
         batch, tokens = ops.shape(qkv)[0], ops.shape(qkv)[1]
         qkv = ops.transpose(ops.reshape(qkv, (batch, tokens, 3, self.num_heads, self._head_dim)), (2, 0, 3, 1, 4))
-        q, k, v = qkv[0], qkv[1], qkv[2]
-        logits = ops.matmul(q, ops.swapaxes(k, -1, -2)) * ops.cast(scale, q.dtype)
-        probs = ops.cast(ops.softmax(ops.cast(logits, "float32"), axis=-1), v.dtype)
-        outputs = ops.transpose(ops.matmul(probs, v), (0, 2, 1, 3))  # (B, N, H, d)
+        q, k, v = qkv[0] * ops.cast(scale, qkv.dtype), qkv[1], qkv[2]
+        # A symbolic batch (a shape-polymorphic export) stays one kernel.
+        parts = min(batch, _cpu_threads()) if isinstance(batch, int) else 1
+        outputs = []
+        for rows in _slices(batch, parts):
+            logits = ops.matmul(q[rows], ops.swapaxes(k[rows], -1, -2))
+            probs = ops.cast(ops.softmax(ops.cast(logits, "float32"), axis=-1), v.dtype)
+            outputs.append(ops.matmul(probs, v[rows]))
+        outputs = outputs[0] if len(outputs) == 1 else ops.concatenate(outputs, axis=0)
+        outputs = ops.transpose(outputs, (0, 2, 1, 3))  # (B, N, H, d)
         return self.proj(ops.reshape(outputs, (batch, tokens, self.num_heads * self._head_dim)))
 
     def _explicit_attention(self, q, k, v, attention_mask, use_causal_mask, scale, training):
@@ -225,3 +240,11 @@ def _fused_attention(q, k, v, mask, scale, is_causal, flash):
             f"backend={backend}, dtype={q.dtype}, query shape={tuple(q.shape)} (batch, tokens, heads, head size); "
             f"{type(error).__name__}: {str(error)[:300]}"
         ) from error
+
+
+def _slices(size, parts):
+    """`parts` contiguous slices covering range(size), as even as possible."""
+    if parts == 1:
+        return [slice(None)]
+    bounds = [size * i // parts for i in range(parts + 1)]
+    return [slice(start, stop) for start, stop in zip(bounds[:-1], bounds[1:])]

@@ -158,6 +158,36 @@ def test_heads_first_route_matches_numpy():
     np.testing.assert_allclose(lc.to_numpy(layer._heads_first_attention(x, scale)), expected, atol=1e-5)
 
 
+@pytest.mark.parametrize("threads", [1, 2, 3, 64])
+def test_heads_first_route_cut_into_batch_slices_matches_numpy(monkeypatch, threads):
+    """The route computes one slice of the batch per CPU (5 samples: even and uneven
+    slices, and more CPUs than samples); every cut gives the reference's values."""
+    from keras_vitmix.layers import attention
+
+    monkeypatch.setattr(attention, "_cpu_threads", lambda: threads)
+    layer = built_layer(seed=4)
+    x = lc.random_array((5,) + SHAPE[1:], seed=6)
+    expected, _ = reference_attention(layer, x)
+    np.testing.assert_allclose(lc.to_numpy(layer._heads_first_attention(x, 1.0 / np.sqrt(layer._head_dim))), expected, atol=1e-5)
+
+
+@pytest.mark.skipif(keras.backend.backend() != "jax", reason="counts the products in a JAX program")
+@pytest.mark.parametrize("threads, products", [(1, 2), (2, 4), (3, 6), (64, 10)])
+def test_heads_first_route_runs_one_pair_of_products_per_slice(monkeypatch, threads, products):
+    """Under JAX each slice is its own pair of batched products (Q K^T, then P V), which
+    XLA can run side by side; at most one slice per sample."""
+    import jax
+
+    from keras_vitmix.layers import attention
+
+    monkeypatch.setattr(attention, "_cpu_threads", lambda: threads)
+    layer = built_layer(seed=4)
+    x = lc.random_array((5,) + SHAPE[1:], seed=6)
+    jaxpr = jax.make_jaxpr(lambda x: layer._heads_first_attention(x, 0.5))(x)
+    batched = [e for e in jaxpr.jaxpr.eqns if e.primitive.name == "dot_general" and e.params["dimension_numbers"][1][0]]
+    assert len(batched) == products
+
+
 def test_plain_calls_take_the_heads_first_route_under_jax_on_cpu(monkeypatch):
     from keras_vitmix.layers import attention
 
