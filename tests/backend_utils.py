@@ -36,3 +36,27 @@ def trainable_gradients(model, x, y):
             for v in model.trainable_weights
         ]
     raise NotImplementedError(f"No gradient helper for backend {backend!r}")
+
+
+def input_gradient(fn, x):
+    """The gradient of the scalar `fn(x)` with respect to the array `x`, as NumPy."""
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        x = tf.convert_to_tensor(x)
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            value = fn(x)
+        return np.asarray(tape.gradient(value, x))
+    if backend == "jax":
+        import jax
+
+        return np.asarray(jax.grad(fn)(x))
+    if backend == "torch":
+        import torch
+
+        x = torch.tensor(x, requires_grad=True)
+        fn(x).backward()
+        return x.grad.detach().cpu().numpy()
+    raise NotImplementedError(f"No gradient helper for backend {backend!r}")

@@ -8,7 +8,7 @@ import pytest
 from keras_vitmix.layers import BatchNormalization, Conv2D, Dense, DepthwiseConv2D, depthwise_conv
 from keras_vitmix.layers.depthwise_conv import shifted_depthwise_conv
 
-from tests.backend_utils import trainable_gradients
+from tests.backend_utils import input_gradient, trainable_gradients
 
 from . import _layer_checks as lc
 
@@ -249,6 +249,36 @@ def test_dense_under_jax_multiplies_one_matrix():
 @pytest.mark.parametrize("policy", lc.MIXED_POLICIES)
 def test_dense_mixed_precision(policy):
     lc.check_mixed_precision(Dense, dict(units=8), (2, 5, 16), policy)
+    lc.check_mixed_precision(Dense, dict(units=8, activation="gelu"), (2, 5, 16), policy)
+
+
+def test_gelu_erf_form_matches_exact_gelu_and_its_derivative():
+    """`linear.gelu` (Dense's "gelu" under JAX) against x * Phi(x) and its derivative
+    Phi(x) + x * phi(x) in float64, far into both tails."""
+    from math import erf, pi, sqrt
+
+    from keras_vitmix.layers import linear
+
+    x = np.concatenate([np.linspace(-12, 12, 481), [-30.0, -5.5, 0.0, 5.5, 30.0]]).astype("float32")
+    phi = np.array([0.5 * (1 + erf(v / sqrt(2))) for v in x.astype("float64")])
+    density = np.exp(-np.square(x.astype("float64")) / 2) / sqrt(2 * pi)
+    np.testing.assert_allclose(lc.to_numpy(linear.gelu(x)), x * phi, atol=2e-6, rtol=1e-6)
+    grads = input_gradient(lambda t: keras.ops.sum(linear.gelu(t)), x)
+    np.testing.assert_allclose(grads, phi + x * density, atol=2e-6, rtol=1e-5)
+
+
+def test_dense_gelu_under_jax_uses_erf():
+    """Under JAX, Dense's "gelu" is the erf form (XLA:CPU expands JAX's erfc form into two
+    polynomial branches per element)."""
+    if keras.backend.backend() != "jax":
+        pytest.skip("the erf form is JAX's route")
+    import jax
+
+    layer = Dense(8, activation="gelu")
+    layer.build((None, 16))
+    jaxpr = str(jax.make_jaxpr(lambda t: layer(t))(lc.random_array((2, 5, 16), seed=9)))
+    assert "erf " in jaxpr or "erf[" in jaxpr
+    assert "erfc" not in jaxpr
 
 
 def test_dense_with_lora_takes_keras_route():
