@@ -17,12 +17,12 @@ process with KERAS_BACKEND=jax.
 """
 
 import argparse
-import json
-import statistics
+import contextlib
 import sys
 from pathlib import Path
 
-from _timing import alternate, append_section, emit, median_ratio, run_backends  # benchmarks/ is the script's folder
+from _timing import append_section, run_backends  # benchmarks/ is the script's folder
+from _twins import emit_twin_rows, twin_table
 
 REPO = Path(__file__).resolve().parents[1]
 # name: (create_model overrides, batch size)
@@ -47,68 +47,28 @@ def parse(argv):
     return parser.parse_args(argv)
 
 
-def twin_runners(build, batch):
-    """Two copies of `build()` with the same weights, one with our options and one with
-    XLA's defaults, and {task: {copy: fn}} to time them; also their predictions."""
-    import keras
-    import numpy as np
-
+def sides():
+    """The copy with keras_vitmix's options, and the copy with XLA's defaults."""
     from keras_vitmix.applications._jax_compile import JAX_CPU_COMPILER_OPTIONS
 
-    copies = {"options": build(), "defaults": build()}
-    copies["defaults"].set_weights(copies["options"].get_weights())
-    copies["options"].jax_cpu_compiler_options = JAX_CPU_COMPILER_OPTIONS
-    copies["defaults"].jax_cpu_compiler_options = {}
-    x = np.random.default_rng(0).uniform(0, 255, (batch, *copies["options"].input_shape[1:])).astype("float32")
-    y = np.arange(batch) % copies["options"].output_shape[-1]
-    predictions = {name: model.predict_on_batch(x) for name, model in copies.items()}
-    for model in copies.values():
-        model.compile(optimizer=keras.optimizers.AdamW(1e-4), loss="sparse_categorical_crossentropy")
-    tasks = {
-        "infer": {name: (lambda m=model: m.predict_on_batch(x)) for name, model in copies.items()},
-        "train": {name: (lambda m=model: m.train_on_batch(x, y)) for name, model in copies.items()},
-    }
-    return tasks, predictions
+    def with_options(options):
+        @contextlib.contextmanager
+        def setup(model):
+            model.jax_cpu_compiler_options = options
+            yield
+
+        return setup
+
+    return {"options": with_options(JAX_CPU_COMPILER_OPTIONS), "defaults": with_options({})}
 
 
 def worker(args):
-    import keras
-    import numpy as np
-
-    from keras_vitmix.applications import create_model
-
-    for name in args.models:
-        overrides, batch = MODELS.get(name, ({}, 32))
-        overrides = json.loads(args.overrides) if args.overrides else overrides
-        batch = args.batch_size or batch
-        keras.utils.set_random_seed(0)
-        tasks, predictions = twin_runners(lambda: create_model(name, **overrides), batch)
-        row = {"model": name + (f" ({', '.join(f'{k} {v}' for k, v in overrides.items())})" if overrides else ""),
-               "batch": batch,
-               "max_diff": float(np.abs(predictions["options"] - predictions["defaults"]).max())}
-        for task, fns in tasks.items():
-            times = alternate(fns, args.repeats, balanced=True)
-            row[task] = {
-                "options": statistics.median(times["options"]), "defaults": statistics.median(times["defaults"]),
-                "ratio": median_ratio(times["options"], times["defaults"]),
-            }
-        emit(row)
-        keras.backend.clear_session()
+    emit_twin_rows(args.models, MODELS, args, sides())
 
 
 def format_table(rows):
-    lines = [
-        "| model | batch | infer, XLA defaults | infer, options | ÷ | train step, XLA defaults | train step, options | ÷ | max prediction gap |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for row in rows:
-        cells = [f"`{row['model']}`", str(row["batch"])]
-        for task in ("infer", "train"):
-            r = row[task]
-            cells += [f"{r['defaults'] * 1e3:.0f} ms", f"{r['options'] * 1e3:.0f} ms", f"{r['ratio']:.2f}×"]
-        cells.append(f"{row['max_diff']:.1e}")
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    lead = {"model": lambda r: f"`{r['model']}`", "batch": lambda r: str(r["batch"])}
+    return twin_table(rows, lead, (("options", "options"), ("defaults", "XLA defaults")))
 
 
 def main(argv=None):

@@ -1,0 +1,95 @@
+"""Shared by the scripts that time one choice in whole models (xla_options.py,
+jax_cpu_routes.py): two copies of a model with the same weights, each with its steps
+traced under one side of the choice, timed alternately in balanced order."""
+
+import statistics
+
+from _timing import alternate, median_ratio  # benchmarks/ is the scripts' folder
+
+
+def time_twins(build, batch, sides, repeats):
+    """Times two copies of `build()` that share their weights.
+
+    Args:
+        build: returns a new model.
+        batch: batch size of the timed calls.
+        sides: {name: context_factory}, two entries, the first the choice measured and
+            the second what it is compared with; `context_factory(model)` returns a
+            context manager in which the copy's steps are traced (its first
+            `predict_on_batch` and `train_on_batch`).
+        repeats: timed rounds per task.
+
+    Returns:
+        {"max_diff": largest difference between the copies' predictions, before any
+        training step, "infer": {name: median seconds, ..., "ratio": median of per-round
+        ratios first ÷ second}, "train": the same for a training step (AdamW)}.
+    """
+    import keras
+    import numpy as np
+
+    names = list(sides)
+    copies = {name: build() for name in names}
+    copies[names[1]].set_weights(copies[names[0]].get_weights())
+    first = copies[names[0]]
+    x = np.random.default_rng(0).uniform(0, 255, (batch, *first.input_shape[1:])).astype("float32")
+    y = np.arange(batch) % first.output_shape[-1]
+    predictions = {}
+    for name, model in copies.items():
+        model.compile(optimizer=keras.optimizers.AdamW(1e-4), loss="sparse_categorical_crossentropy")
+        with sides[name](model):
+            predictions[name] = model.predict_on_batch(x)
+            model.train_on_batch(x, y)
+    row = {"max_diff": float(np.abs(predictions[names[0]] - predictions[names[1]]).max())}
+    tasks = {
+        "infer": {name: (lambda m=model: m.predict_on_batch(x)) for name, model in copies.items()},
+        "train": {name: (lambda m=model: m.train_on_batch(x, y)) for name, model in copies.items()},
+    }
+    for task, fns in tasks.items():
+        times = alternate(fns, repeats, balanced=True)
+        row[task] = {name: statistics.median(times[name]) for name in names}
+        row[task]["ratio"] = median_ratio(times[names[0]], times[names[1]])
+    return row
+
+
+def twin_table(rows, lead, sides):
+    """A Markdown table: the `lead` columns ({header: function of the row giving the
+    cell}), then per task the second side's time, the first side's time and their ratio,
+    then the predictions' gap. `sides`: ((key, label) of the first side, of the second)."""
+    measured, compared = sides
+    headers = list(lead) + [
+        f"infer, {compared[1]}", f"infer, {measured[1]}", "÷",
+        f"train step, {compared[1]}", f"train step, {measured[1]}", "÷", "max prediction gap",
+    ]
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(lead) + "---:|" * (len(headers) - len(lead))]
+    for row in rows:
+        cells = [cell(row) for cell in lead.values()]
+        for task in ("infer", "train"):
+            r = row[task]
+            cells += [f"{r[compared[0]] * 1e3:.0f} ms", f"{r[measured[0]] * 1e3:.0f} ms", f"{r['ratio']:.2f}×"]
+        cells.append(f"{row['max_diff']:.1e}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def emit_twin_rows(names, models, args, sides, **extra):
+    """`time_twins` for each registered model name in `names`, each row (with its
+    "model", "batch" and `extra` keys) printed with `emit` for the parent process.
+
+    `models` gives each name's (create_model overrides, batch size); `args.overrides`
+    (JSON) and `args.batch_size` replace them where given."""
+    import json
+
+    import keras
+
+    from _timing import emit
+    from keras_vitmix.applications import create_model
+
+    for name in names:
+        overrides, batch = models.get(name, ({}, 32))
+        overrides = json.loads(args.overrides) if args.overrides else overrides
+        batch = args.batch_size or batch
+        keras.utils.set_random_seed(0)
+        row = time_twins(lambda: create_model(name, **overrides), batch, sides, args.repeats)
+        described = f" ({', '.join(f'{k} {v}' for k, v in overrides.items())})" if overrides else ""
+        emit({**extra, "model": name + described, "batch": batch, **row})
+        keras.backend.clear_session()
