@@ -164,8 +164,9 @@ class MultiHeadSelfAttention(keras.layers.Layer):
         XLA:CPU fuses the two products and the softmax into one YNNPACK kernel, which runs
         on one thread. The batch is therefore cut into one slice per CPU, computed as
         independent kernels that XLA runs side by side: at batch 32 on 2 CPUs, ViT-Ti's
-        inference took 0.88x and its training step 0.94x the time of one kernel
-        (benchmarks/RESULTS.md, "Attention on the CPU under JAX"). Each slice computes
+        inference took 0.89x and its training step 0.93x the time of one kernel
+        (`benchmarks/jax_cpu_routes.py`; RESULTS.md, "JAX-on-CPU routes against the
+        computations they replace"). Each slice computes
         the same values as the whole. The scale multiplies Q (B*H*N*d values) rather than
         the logits (B*H*N*N), which XLA had materialized as a full-size operand."""
         qkv = self.qkv(inputs)
