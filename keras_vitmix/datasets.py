@@ -61,6 +61,7 @@ def load(
     seed=0,
     validation_fraction=0.1,
     data_dir=None,
+    drop_remainder=False,
 ):
     """Loads a split as a batched, prefetched `tf.data.Dataset` of (images, labels).
 
@@ -81,6 +82,9 @@ def load(
         validation_fraction: float in (0, 1), the part of a folder's (or a TFDS
             dataset's) training data held out as validation when it has none.
         data_dir: optional TFDS data directory (default: `TFDS_DATA_DIR` or TFDS's own).
+        drop_remainder: drop the last, partial batch when the split holds at least one
+            full batch: every batch has one shape, so XLA compiles one step, not two.
+            With shuffling, the images left out change from epoch to epoch.
 
     Returns:
         `(dataset, info)`: the `tf.data.Dataset` and a `DatasetInfo`.
@@ -112,7 +116,8 @@ def load(
         raise ValueError(f"No such folder. Received: name_or_path={name!r}")
     else:
         ds, info = _tfds(name, split, image_size, validation_fraction, data_dir)
-    return _finish(ds, info, batch_size, augment if split == "train" else False, shuffle, seed), info
+    drop_remainder = bool(drop_remainder) and info.num_examples >= batch_size
+    return _finish(ds, info, batch_size, augment if split == "train" else False, shuffle, seed, drop_remainder), info
 
 
 def resolve(name_or_path="cifar10", fallback="digits", data_dir=None):
@@ -368,14 +373,14 @@ def _count(splits, tfds_split, ds):
         return count if count >= 0 else int(ds.reduce(0, lambda n, _: n + 1))
 
 
-def _finish(ds, info, batch_size, augment, shuffle, seed):
+def _finish(ds, info, batch_size, augment, shuffle, seed, drop_remainder=False):
     import tensorflow as tf
 
     shuffle = info.split == "train" if shuffle is None else shuffle
     ds = ds.cache()  # decoded uint8 images: CIFAR-10's 50,000 are 150 MB
     if shuffle:
         ds = ds.shuffle(min(info.num_examples, 20_000), seed=seed, reshuffle_each_iteration=True)
-    ds = ds.batch(batch_size).map(lambda x, y: (tf.cast(x, tf.float32), y), num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.batch(batch_size, drop_remainder=drop_remainder).map(lambda x, y: (tf.cast(x, tf.float32), y), num_parallel_calls=tf.data.AUTOTUNE)
     if augment:
         strength = "strong" if augment == "strong" else "light"
         from keras_vitmix import augmentation

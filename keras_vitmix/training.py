@@ -224,7 +224,9 @@ def train(
         model: a registered name, a `keras.Model`, or a `.keras` path.
         dataset: "digits", a TFDS name or a folder (see `keras_vitmix.datasets.load`).
         epochs: int >= 1.
-        batch_size: int >= 1.
+        batch_size: int >= 1. The training split's last, partial batch is dropped, a
+            different remainder each epoch (`keras_vitmix.datasets.load`'s
+            `drop_remainder`).
         image_size: int; defaults to the model's input size.
         learning_rate, weight_decay, label_smoothing: the recipe's (see
             `compile_for_training`); `warmup_epochs` of linear warmup.
@@ -257,7 +259,8 @@ def train(
         model = keras.saving.load_model(model, compile=False)
     size = datasets.as_image_size(image_size) or _model_image_size(model)
     load = dict(image_size=size, batch_size=batch_size, seed=seed)
-    train_ds, info = datasets.load(dataset, "train", augment=augment, **load)
+    # One batch shape: XLA compiles one training step, not a second for the last batch.
+    train_ds, info = datasets.load(dataset, "train", augment=augment, drop_remainder=True, **load)
     val_ds, _ = datasets.load(dataset, "validation", **load)
     test_ds, test_info = datasets.load(dataset, "test", **load)
     previous_policy = keras.config.dtype_policy()
@@ -266,7 +269,7 @@ def train(
     try:
         with distribution_scope(distribute):
             net = _build(model, size, info.num_classes, model_overrides)
-            steps = -(-info.num_examples // batch_size)
+            steps = max(1, info.num_examples // batch_size)  # the partial batch is dropped
             compile_for_training(
                 net, epochs * steps, learning_rate, weight_decay, warmup_epochs * steps,
                 label_smoothing, jit_compile=jit_compile, ema_momentum=ema_momentum,
@@ -287,7 +290,8 @@ def train(
         if distribute and keras.backend.backend() == "jax":
             keras.distribution.set_distribution(None)
     times = next(c for c in run_callbacks if isinstance(c, EpochTimer)).times
-    metrics = _run_metrics(net, info, test_info, scores, times, wall, resuming, size, batch_size, epochs)
+    seen = min(info.num_examples, steps * batch_size)  # training images per epoch
+    metrics = _run_metrics(net, info, test_info, scores, times, wall, resuming, size, batch_size, epochs, seen)
     write_json(os.path.join(output_dir, "metrics.json"), metrics)
     print(
         f"{metrics['model']} on {info.name}: test accuracy {metrics['test_accuracy']:.2%} "
@@ -298,7 +302,7 @@ def train(
     return metrics
 
 
-def _run_metrics(net, info, test_info, scores, times, wall, resumed, size, batch_size, epochs):
+def _run_metrics(net, info, test_info, scores, times, wall, resumed, size, batch_size, epochs, seen):
     per_epoch = sum(times) / max(1, len(times))
     metrics = {
         "model": net.name,
@@ -316,7 +320,7 @@ def _run_metrics(net, info, test_info, scores, times, wall, resumed, size, batch
         "image_size": list(size),
         "batch_size": batch_size,
         "seconds_per_epoch": per_epoch,
-        "images_per_second": info.num_examples / per_epoch if per_epoch else None,
+        "images_per_second": seen / per_epoch if per_epoch else None,
         "wall_seconds": wall,
     }
     if "top5" in scores:

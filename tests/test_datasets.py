@@ -68,6 +68,22 @@ def test_digits_split_is_fixed_stratified_and_real():
     assert clf.score(flat(data["test"][0]), data["test"][1]) > 0.9
 
 
+def test_drop_remainder_keeps_full_batches_only():
+    ds, info = datasets.load("digits", "train", batch_size=100, drop_remainder=True)
+    assert int(ds.cardinality()) == 12  # 1,257 images: 12 full batches, 57 left out
+    epochs = [collect(ds) for _ in range(2)]
+    for images, labels in epochs:
+        assert images.shape[0] == 1200 and labels.shape == (1200,)
+    # Reshuffled: the images left out differ between epochs (as sets of pixel sums).
+    sums = [set(np.round(images.sum(axis=(1, 2, 3))).tolist()) for images, _ in epochs]
+    assert sums[0] != sums[1]
+    # A split smaller than one batch is kept whole rather than emptied.
+    images, labels = collect(datasets.load("digits", "validation", batch_size=500, drop_remainder=True)[0])
+    assert len(labels) == 180
+    # Off by default: the last batch is partial.
+    assert sum(len(y) for _, y in datasets.load("digits", "test", batch_size=100)[0]) == 360
+
+
 def test_image_size_and_augmentation_only_on_train():
     ds, info = datasets.load("digits", "validation", image_size=16, batch_size=180, augment=True)
     augmented_val = collect(ds)[0]
