@@ -1,7 +1,8 @@
 """tutorials/: every notebook runs end to end with small parameters, and is committed clean.
 
-The notebooks execute once, in a Jupyter kernel, under the jax job of `make test` (the one
-with the most time to spare); KERAS_VITMIX_TUTORIALS=1 runs them under any backend:
+The notebooks execute once, in a Jupyter kernel, under the jax run of `make test` (once is
+enough to keep them runnable, and CI time); KERAS_VITMIX_TUTORIALS=1 runs them under any
+backend:
 
     KERAS_BACKEND=torch KERAS_VITMIX_TUTORIALS=1 python -m pytest tests/test_tutorials.py
 
