@@ -16,6 +16,8 @@ def script():
         yield module
 
 
+@pytest.mark.skipif(keras.backend.backend() != "jax", reason="the script runs its own JAX worker process "
+                    "whatever the backend: once, in the jax job of `make test`")
 def test_table_row_per_route_with_its_ratios(script, capsys):
     rows = script.main([
         "--models", "hybrid_mixer_vit_cifar_patch4_32", "--batch-size", "4", "--repeats", "2",

@@ -3,6 +3,7 @@ has one row per model with ratios computed from its times."""
 
 import re
 
+import keras
 import pytest
 
 from tests.benchmark_utils import benchmark_script
@@ -14,6 +15,8 @@ def script():
         yield module
 
 
+@pytest.mark.skipif(keras.backend.backend() != "jax", reason="the script runs its own JAX worker process "
+                    "whatever the backend: once, in the jax job of `make test`")
 def test_table_row_per_model_with_its_ratios(script, capsys):
     rows = script.main([
         "--models", "hybrid_mixer_vit_cifar_patch4_32", "--batch-size", "4", "--repeats", "2",
