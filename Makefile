@@ -21,10 +21,10 @@ $(STAMP): pyproject.toml requirements/constraints.txt
 install: $(STAMP)
 
 # One pytest run per backend, one backend after another; each spreads its tests over
-# JOBS worker processes (pytest-xdist; default: one per CPU, at most 4, each pinned to
-# its own share of the CPUs by tests/conftest.py, so that the frameworks' thread pools do not oversubscribe the
-# machine; JOBS=0 runs in one process). Every backend runs even if one fails, and
-# `make test` fails if any did.
+# JOBS worker processes (pytest-xdist; default: one per CPU, at most 4). tests/conftest.py
+# pins each worker to its own share of the CPUs, so that the frameworks' thread pools do
+# not oversubscribe the machine. JOBS=0 runs in one process. Every backend runs even if
+# one fails, and `make test` fails if any did.
 JOBS ?= $(shell n=$$(nproc 2>/dev/null || echo 2); [ $$n -gt 4 ] && n=4; echo $$n)
 test: $(STAMP)
 	@status=0; for backend in $(BACKENDS); do \

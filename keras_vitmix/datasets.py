@@ -380,7 +380,8 @@ def _finish(ds, info, batch_size, augment, shuffle, seed, drop_remainder=False):
     ds = ds.cache()  # decoded uint8 images: CIFAR-10's 50,000 are 150 MB
     if shuffle:
         ds = ds.shuffle(min(info.num_examples, 20_000), seed=seed, reshuffle_each_iteration=True)
-    ds = ds.batch(batch_size, drop_remainder=drop_remainder).map(lambda x, y: (tf.cast(x, tf.float32), y), num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+    ds = ds.map(lambda x, y: (tf.cast(x, tf.float32), y), num_parallel_calls=tf.data.AUTOTUNE)
     if augment:
         strength = "strong" if augment == "strong" else "light"
         from keras_vitmix import augmentation
