@@ -186,7 +186,7 @@ def numpy_batches(images, labels, batch_size, augment, seed, num_classes=None):
 
 
 def train_numpy(name, folder, cache, epochs, batch_size, learning_rate, weight_decay, mixed_precision,
-                jit_compile, output_dir, seed=0, warmup_epochs=1, augment="light"):
+                jit_compile, output_dir, seed=0, warmup_epochs=1, augment="light", overrides=None):
     """`training.train`'s recipe, callbacks and metrics.json, fed by `numpy_batches`."""
     import time
 
@@ -207,7 +207,7 @@ def train_numpy(name, folder, cache, epochs, batch_size, learning_rate, weight_d
     if mixed_precision:
         keras.config.set_dtype_policy("mixed_bfloat16")
     try:
-        net = training._build(name, size, len(classes), None)
+        net = training._build(name, size, len(classes), overrides)
         steps = -(-len(train_y) // batch_size)
         training.compile_for_training(
             net, epochs * steps, learning_rate, weight_decay, warmup_epochs * steps, jit_compile=jit_compile
@@ -274,6 +274,8 @@ def main(argv=None):
     parser.add_argument("--jit-compile", default="auto", choices=("auto", "true", "false"))
     parser.add_argument("--augment", default="light", choices=("none", "light", "strong"),
                         help="strong: light, then MixUp or CutMix per batch (tf.data's strong also has RandAugment)")
+    parser.add_argument("--overrides", type=json.loads, default=None,
+                        help='JSON constructor arguments for every model, e.g. \'{"dropout_rate": 0}\'')
     parser.add_argument("--prepare", action="store_true",
                         help="only extract the archive and decode the numpy pipeline's arrays (cached)")
     parser.add_argument("--backend", default=None, choices=("tensorflow", "jax", "torch"))
@@ -308,12 +310,13 @@ def main(argv=None):
             metrics = train_numpy(
                 name, folder, cache, args.epochs, args.batch_size, args.learning_rate, args.weight_decay,
                 args.mixed_precision, jit, output_dir, warmup_epochs=args.warmup_epochs, augment=augment,
+                overrides=args.overrides,
             )
         else:
             metrics = training.train(
                 name, str(folder), epochs=args.epochs, batch_size=args.batch_size,
                 learning_rate=args.learning_rate, weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs,
-                augment=augment,
+                augment=augment, model_overrides=args.overrides,
                 mixed_precision=args.mixed_precision, jit_compile=jit, output_dir=output_dir, verbose=2,
             )
         rows.append(metrics)
@@ -333,7 +336,8 @@ def main(argv=None):
     section = "\n".join([
         f"\n## Accuracy on CIFAR-10 — {datetime.date.today()}, {keras.backend.backend()}, {device_name()}, "
         f"{args.pipeline} pipeline{', mixed_bfloat16' if args.mixed_precision else ''}, batch {args.batch_size}, "
-        f"lr {args.learning_rate:g}, weight decay {args.weight_decay:g}, warmup {args.warmup_epochs} epochs, {args.augment} augmentation\n",
+        f"lr {args.learning_rate:g}, weight decay {args.weight_decay:g}, warmup {args.warmup_epochs} epochs, {args.augment} augmentation"
+        + (f", model arguments {json.dumps(args.overrides)}" if args.overrides else "") + "\n",
         f"`{command}`\n",
         "Validation = a seeded 10% of each class held out of the CIFAR-10 training JPEGs "
         "(../shared/data); the CIFAR-10 test split is not used.\n",
