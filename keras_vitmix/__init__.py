@@ -2,4 +2,9 @@
 
 __version__ = "0.1.0"
 
+from keras_vitmix import _malloc
+
+# Before any model runs: XLA:CPU's step buffers then reuse freed memory (see _malloc).
+_malloc.tune()
+
 from keras_vitmix import applications, layers, weights  # noqa: E402,F401
