@@ -17,8 +17,9 @@ faults per ViT-Ti training step, a quarter of its time on the project's 2-core m
   back to `mmap` if it cannot);
 - `M_TRIM_THRESHOLD` and `M_TOP_PAD` at their largest (2 GiB): up to 2 GiB of freed memory
   at the top of the heap is kept for the next step instead of being returned to the kernel.
-Measured (benchmarks/RESULTS.md, "Reusing freed memory"): ViT-Ti/16's training step
-under JAX went from 542,148 to 0 page faults and took 0.78x the time.
+Measured (benchmarks/malloc_reuse.py; benchmarks/RESULTS.md, "Reusing freed memory"):
+ViT-Ti/16's training step under JAX went from 542,893 to 16,422 page faults per step and
+took 0.74x the time; under torch, its inference took 0.86x.
 
 The cost: memory a step freed stays with the process (up to 2 GiB more than now at the
 top of the heap), as PyTorch's and TensorFlow's own caching allocators keep theirs.
