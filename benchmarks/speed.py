@@ -202,7 +202,9 @@ def main(argv=None):
             args.results, "Speed against timm and keras-hub", __file__, argv,
             f"Medians of {args.repeats} alternating runs; ÷ columns are medians of per-run ratios (ours ÷ "
             "reference, below 1 = we are faster). timm runs PyTorch eager in the same process; keras-hub "
-            "runs under the same backend.",
+            "runs under the same backend. malloc: "
+            f"`KERAS_VITMIX_MALLOC={os.environ.get('KERAS_VITMIX_MALLOC', 'reuse')}` (keras_vitmix/_malloc.py; "
+            "process-wide, so the references run with the same setting).",
             [format_table(rows, args.batch_size)],
         )
 
