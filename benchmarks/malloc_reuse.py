@@ -25,7 +25,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from _timing import append_section, median_ratio  # benchmarks/ is the script's folder
+from _timing import append_section, emit, median_ratio  # benchmarks/ is the script's folder
 
 REPO = Path(__file__).resolve().parents[1]
 # name: batch size
@@ -49,7 +49,7 @@ def parse(argv):
 
 
 def worker(args):
-    """One side, one model, in this process: prints a JSON line of times and faults."""
+    """One side, one model, in this process: emits a row of times and faults."""
     import resource
     import time
 
@@ -78,7 +78,7 @@ def worker(args):
         row[task] = statistics.median(times)
         row[f"{task}_faults"] = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults) / args.steps
     row["peak_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print("ROW" + json.dumps(row), flush=True)
+    emit(row)
 
 
 def run_side(argv, backend, model, side):
