@@ -9,7 +9,7 @@ script alternates worker processes, `KERAS_VITMIX_MALLOC=reuse` (the default) an
 `KERAS_VITMIX_MALLOC=system`, in balanced order (reuse first in even rounds, system first
 in odd ones). Each worker builds the model with the same seed, times `--steps` calls of
 inference (`predict_on_batch`) and of a training step (`train_on_batch`, AdamW) after two
-warm-up calls each, and counts the page faults (minor faults) per call. The table gives
+warm-up calls each, and counts the page faults (minor faults) of each call. The table gives
 the medians over rounds, the median of per-round ratios (reuse ÷ system, below 1 = reuse
 is faster) and the worker's peak resident memory.
 
@@ -69,14 +69,16 @@ def worker(args):
     row = {"tuned": keras_vitmix._malloc._state["tuned"], "batch": batch}
     for task, call in (("infer", lambda: model.predict_on_batch(x)), ("train", lambda: model.train_on_batch(x, y))):
         call(), call()
-        times = []
-        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        times, faults = [], []
         for _ in range(args.steps):
+            before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
             start = time.perf_counter()
             call()
             times.append(time.perf_counter() - start)
+            faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
         row[task] = statistics.median(times)
-        row[f"{task}_faults"] = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults) / args.steps
+        # The median call: with reuse, an early call can still fault while the heap settles.
+        row[f"{task}_faults"] = statistics.median(faults)
     row["peak_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     emit(row)
 
@@ -144,7 +146,8 @@ def main(argv=None):
             argv,
             f"Medians of {args.rounds} worker processes per side, alternating in balanced order, each timing "
             f"{args.steps} calls per task after two warm-up calls; ÷ = median of per-round ratios (reuse ÷ system, "
-            "below 1 = reuse is faster); faults = minor page faults per call (medians); peak MB = the workers' "
+            "below 1 = reuse is faster); faults = minor page faults of a worker's median call (medians over "
+            "workers); peak MB = the workers' "
             "peak resident memory.",
             [format_table(rows)],
         )

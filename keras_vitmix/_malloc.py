@@ -41,7 +41,7 @@ M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_MAX, M_ARENA_MAX = -1, -2, -4, -8
 LARGEST = 2**31 - 1  # mallopt takes an int
 SETTINGS = ((M_ARENA_MAX, 1), (M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, LARGEST), (M_TOP_PAD, LARGEST))
 
-_state = {"tuned": None}
+_state = {"done": False, "tuned": None}
 
 
 def glibc():
@@ -65,7 +65,7 @@ def tune(environ=None):
         out or this is not glibc, and None for a setting glibc refused (the others stay).
     """
     environ = os.environ if environ is None else environ
-    if _state["tuned"] is not None:
+    if _state["done"]:
         return _state["tuned"]
     choice = environ.get(ENV, "reuse").strip().lower()
     if choice not in ("reuse", "system"):
@@ -76,4 +76,5 @@ def tune(environ=None):
     else:
         accepted = [libc.mallopt(param, value) == 1 for param, value in SETTINGS]
         _state["tuned"] = all(accepted) or None
+    _state["done"] = True
     return _state["tuned"]

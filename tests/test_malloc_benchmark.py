@@ -15,7 +15,7 @@ def test_one_row_per_model_from_both_sides(capsys):
     backend = keras.backend.backend()
     with benchmark_script("malloc_reuse") as script:
         rows = script.main([
-            "--backends", backend, "--models", "seed_mixer", "--rounds", "1", "--steps", "2",
+            "--backends", backend, "--models", "seed_mixer", "--rounds", "1", "--steps", "3",
             "--overrides", '{"dropout_rate": 0}', "--no-record",
         ])
     assert len(rows) == 1
@@ -25,9 +25,10 @@ def test_one_row_per_model_from_both_sides(capsys):
     for task in ("infer", "train"):
         assert row[f"{task}_ratio"] == pytest.approx(row[f"{task}_reuse"] / row[f"{task}_system"])
     if backend == "jax":
-        # XLA:CPU's 76 MB training-step buffer: mapped afresh each step under glibc's defaults.
+        # XLA:CPU's 76 MB training-step buffer: mapped afresh each step under glibc's
+        # defaults, reused (the median of three steps) with keras_vitmix's settings.
         assert row["train_faults_system"] > 10_000
-        assert row["train_faults_reuse"] < 0.05 * row["train_faults_system"]
+        assert row["train_faults_reuse"] < 0.25 * row["train_faults_system"]
     line = [l for l in capsys.readouterr().out.splitlines() if l.startswith(f"| {backend} | `seed_mixer`")][-1]
     ratios = re.findall(r"\| ([0-9.]+)× \|", line)
     assert [float(r) for r in ratios] == [round(row["infer_ratio"], 2), round(row["train_ratio"], 2)]
