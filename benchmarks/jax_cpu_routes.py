@@ -9,7 +9,10 @@ that a model's compiled step takes as a whole:
   (XLA:CPU runs each slice's fused attention kernel on one thread) against one kernel
   for the whole batch;
 - `gelu_erf`: `Dense(activation="gelu")` computes exact GELU with `erf` against Keras's
-  "gelu" under JAX (`jax.nn.gelu`, written with `erfc`).
+  "gelu" under JAX (`jax.nn.gelu`, written with `erfc`);
+- `layer_norm_vjp`: `LayerNormalization` in one pass with a hand-written gradient
+  against Keras's computation (its scale and shift broadcast to full size, and the
+  gradient JAX derives from it).
 
 For each route and model it builds two copies with the same weights, one compiled with
 the route and one without (the route is switched off while the second copy's steps are
@@ -42,6 +45,7 @@ MODELS = {
 ROUTES = {
     "attention_slices": ("vit_tiny_patch16_224", "hybrid_mixer_vit_cifar_patch4_32"),
     "gelu_erf": ("vit_tiny_patch16_224", "mixer_s16_224", "hybrid_mixer_vit_cifar_patch4_32"),
+    "layer_norm_vjp": ("vit_tiny_patch16_224", "mixer_s16_224", "hybrid_mixer_vit_cifar_patch4_32"),
 }
 
 
@@ -65,6 +69,10 @@ def without(route):
         from keras_vitmix.layers import attention as module
 
         name, replacement = "_cpu_threads", lambda: 1  # one slice: one kernel for the batch
+    elif route == "layer_norm_vjp":
+        from keras_vitmix.layers import normalization as module
+
+        name, replacement = "_jax_on_cpu", lambda: False  # Keras's computation
     else:
         import keras
 

@@ -23,7 +23,7 @@ def test_table_row_per_route_with_its_ratios(script, capsys):
         "--models", "hybrid_mixer_vit_cifar_patch4_32", "--batch-size", "4", "--repeats", "2",
         "--overrides", '{"hidden_dim": 32, "num_heads": 2, "mixer_depth": 1, "attention_depth": 1}', "--no-record",
     ])
-    assert [row["route"] for row in rows] == ["attention_slices", "gelu_erf"]
+    assert [row["route"] for row in rows] == ["attention_slices", "gelu_erf", "layer_norm_vjp"]
     for row in rows:
         # The same weights: predictions agree (a route changes how values are computed, not which).
         assert row["max_diff"] < 1e-5
@@ -33,19 +33,20 @@ def test_table_row_per_route_with_its_ratios(script, capsys):
             # Two forms of one model: their times stay within a factor of a few of each other.
             assert 0.2 < times["ratio"] < 5
     lines = [l for l in capsys.readouterr().out.splitlines() if l.startswith("| `")]
-    assert len(lines) == 2
+    assert len(lines) == 3
     for line, row in zip(lines, rows):
         ratios = re.findall(r"\| ([0-9.]+)× \|", line)
         assert [float(r) for r in ratios] == [round(row["infer"]["ratio"], 2), round(row["train"]["ratio"], 2)]
 
 
-@pytest.mark.parametrize("route", ["attention_slices", "gelu_erf"])
+@pytest.mark.parametrize("route", ["attention_slices", "gelu_erf", "layer_norm_vjp"])
 def test_without_switches_the_route_off_and_back(script, route):
-    from keras_vitmix.layers import attention, linear
+    from keras_vitmix.layers import attention, linear, normalization
 
     module, name, off = {
         "attention_slices": (attention, "_cpu_threads", lambda value: value() == 1),
         "gelu_erf": (linear, "gelu", lambda value: value is keras.activations.gelu),
+        "layer_norm_vjp": (normalization, "_jax_on_cpu", lambda value: value() is False),
     }[route]
     original = getattr(module, name)
     with script.without(route):

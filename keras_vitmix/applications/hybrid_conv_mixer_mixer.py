@@ -10,6 +10,7 @@ import keras
 
 from keras_vitmix.applications import _common
 from keras_vitmix.applications.registry import register_model
+from keras_vitmix.layers import LayerNormalization
 
 
 @keras.saving.register_keras_serializable(package="keras_vitmix")
@@ -86,7 +87,7 @@ class HybridConvMixerMixer(_common.Application):
             dropout_rate=dropout_rate,
             layer_norm_epsilon=layer_norm_epsilon,
         )
-        x = keras.layers.LayerNormalization(epsilon=layer_norm_epsilon, name="norm")(x)
+        x = LayerNormalization(epsilon=layer_norm_epsilon, name="norm")(x)
         outputs = _common.pool_and_head(x, pooling, include_top, classes, classifier_activation)
         config = _common.constructor_config(HybridConvMixerMixer, locals())
         self._finish(inputs, outputs, config, weights, name, **kwargs)

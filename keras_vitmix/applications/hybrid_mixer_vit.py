@@ -10,7 +10,7 @@ import keras
 
 from keras_vitmix.applications import _common
 from keras_vitmix.applications.registry import register_model
-from keras_vitmix.layers import PatchEmbedding
+from keras_vitmix.layers import LayerNormalization, PatchEmbedding
 
 
 @keras.saving.register_keras_serializable(package="keras_vitmix")
@@ -113,7 +113,7 @@ class HybridMixerViT(_common.Application):
             layer_norm_epsilon=layer_norm_epsilon,
             flash_attention=flash_attention,
         )
-        x = keras.layers.LayerNormalization(epsilon=layer_norm_epsilon, name="norm")(x)
+        x = LayerNormalization(epsilon=layer_norm_epsilon, name="norm")(x)
         outputs = _common.pool_and_head(
             x, pooling, include_top, classes, classifier_activation, int(use_class_token)
         )

@@ -16,7 +16,7 @@ import keras
 
 from keras_vitmix.applications import _common
 from keras_vitmix.applications.registry import register_model
-from keras_vitmix.layers import PatchEmbedding
+from keras_vitmix.layers import LayerNormalization, PatchEmbedding
 
 
 @keras.saving.register_keras_serializable(package="keras_vitmix")
@@ -117,7 +117,7 @@ class ViT(_common.Application):
             layer_norm_epsilon=layer_norm_epsilon,
             flash_attention=flash_attention,
         )
-        x = keras.layers.LayerNormalization(epsilon=layer_norm_epsilon, name="norm")(x)
+        x = LayerNormalization(epsilon=layer_norm_epsilon, name="norm")(x)
         if use_distillation_token and pooling == "token":
             outputs = _common.distilled_pool_and_head(x, include_top, classes, classifier_activation)
         else:

@@ -8,7 +8,7 @@ from keras_vitmix.layers.drop_path import DropPath
 from keras_vitmix.layers.linear import Dense
 from keras_vitmix.layers.mixer_block import MixerBlock
 from keras_vitmix.layers.mlp import MLP
-from keras_vitmix.layers.normalization import BatchNormalization
+from keras_vitmix.layers.normalization import BatchNormalization, LayerNormalization
 from keras_vitmix.layers.patch_embedding import (
     PatchEmbedding,
     resample_position_embedding,
@@ -23,6 +23,7 @@ __all__ = [
     "Dense",
     "DepthwiseConv2D",
     "DropPath",
+    "LayerNormalization",
     "MLP",
     "MixerBlock",
     "MultiHeadSelfAttention",

@@ -12,6 +12,7 @@ from keras import ops
 from keras_vitmix.layers._checks import check_positive_int, check_rate
 from keras_vitmix.layers.drop_path import DropPath
 from keras_vitmix.layers.mlp import MLP
+from keras_vitmix.layers.normalization import LayerNormalization
 
 
 @keras.saving.register_keras_serializable(package="keras_vitmix")
@@ -58,9 +59,9 @@ class MixerBlock(keras.layers.Layer):
         self.drop_path_rate = check_rate(drop_path_rate, "drop_path_rate")
         self.layer_norm_epsilon = float(layer_norm_epsilon)
         policy = self.dtype_policy
-        self.norm1 = keras.layers.LayerNormalization(epsilon=layer_norm_epsilon, dtype=policy, name="norm1")
+        self.norm1 = LayerNormalization(epsilon=layer_norm_epsilon, dtype=policy, name="norm1")
         self.token_mixing = MLP(token_mlp_dim, dropout_rate=dropout_rate, dtype=policy, name="token_mixing")
-        self.norm2 = keras.layers.LayerNormalization(epsilon=layer_norm_epsilon, dtype=policy, name="norm2")
+        self.norm2 = LayerNormalization(epsilon=layer_norm_epsilon, dtype=policy, name="norm2")
         self.channel_mixing = MLP(channel_mlp_dim, dropout_rate=dropout_rate, dtype=policy, name="channel_mixing")
         self.drop_path = DropPath(drop_path_rate, dtype=policy, name="drop_path")
 

@@ -13,6 +13,7 @@ from keras_vitmix.layers._checks import check_positive_int, check_rate
 from keras_vitmix.layers.attention import MultiHeadSelfAttention
 from keras_vitmix.layers.drop_path import DropPath
 from keras_vitmix.layers.mlp import MLP
+from keras_vitmix.layers.normalization import LayerNormalization
 
 
 @keras.saving.register_keras_serializable(package="keras_vitmix")
@@ -71,13 +72,13 @@ class TransformerBlock(keras.layers.Layer):
         self.layer_scale_init = None if layer_scale_init is None else float(layer_scale_init)
         self.layer_norm_epsilon = float(layer_norm_epsilon)
         policy = self.dtype_policy
-        self.norm1 = keras.layers.LayerNormalization(epsilon=layer_norm_epsilon, dtype=policy, name="norm1")
+        self.norm1 = LayerNormalization(epsilon=layer_norm_epsilon, dtype=policy, name="norm1")
         self.attention = MultiHeadSelfAttention(
             num_heads, dropout=attention_dropout, flash_attention=flash_attention, dtype=policy, name="attention"
         )
         self.flash_attention = self.attention.flash_attention
         self.attention_output_dropout = keras.layers.Dropout(dropout_rate, dtype=policy, name="dropout")
-        self.norm2 = keras.layers.LayerNormalization(epsilon=layer_norm_epsilon, dtype=policy, name="norm2")
+        self.norm2 = LayerNormalization(epsilon=layer_norm_epsilon, dtype=policy, name="norm2")
         self.mlp = MLP(mlp_dim, dropout_rate=dropout_rate, dtype=policy, name="mlp")
         self.drop_path = DropPath(drop_path_rate, dtype=policy, name="drop_path")
 

@@ -5,7 +5,7 @@ import keras
 import numpy as np
 import pytest
 
-from keras_vitmix.layers import BatchNormalization, Conv2D, Dense, DepthwiseConv2D, depthwise_conv
+from keras_vitmix.layers import BatchNormalization, Conv2D, Dense, DepthwiseConv2D, LayerNormalization, depthwise_conv
 from keras_vitmix.layers.depthwise_conv import shifted_depthwise_conv
 
 from tests.backend_utils import input_gradient, trainable_gradients
@@ -200,6 +200,7 @@ def test_tensorflow_xla_kernel_gradient_keeps_a_nan():
         (Conv2D, dict(filters=4, kernel_size=2, strides=2)),
         (DepthwiseConv2D, dict(kernel_size=3)),
         (BatchNormalization, dict(epsilon=1e-5, momentum=0.9)),
+        (LayerNormalization, dict(epsilon=1e-6, axis=[1, 2], center=False)),
     ],
 )
 def test_config_round_trips_to_same_class(cls, kwargs):
@@ -332,3 +333,131 @@ def test_batch_norm_mixed_precision(policy):
     (out,) = lc.check_mixed_precision(BatchNormalization, dict(), (2, 4, 4, 8), policy, dict(training=False))
     layer = keras.layers.BatchNormalization(dtype=policy)
     np.testing.assert_allclose(out, lc.to_numpy(layer(lc.random_array((2, 4, 4, 8)), training=False)).astype("float32"), atol=1e-2)
+
+
+def _layer_norm_reference(x, gamma, beta, eps, dy):
+    """Layer normalization over the last axis in float64 and its gradients for the
+    upstream gradient `dy`, derived with the chain rule one step at a time (not the
+    closed form the JAX route implements)."""
+    x, gamma, beta, dy = (np.asarray(a, "float64") for a in (x, gamma, beta, dy))
+    n = x.shape[-1]
+    mean = x.mean(-1, keepdims=True)
+    centered = x - mean
+    var = (centered**2).mean(-1, keepdims=True)
+    inv = 1 / np.sqrt(var + eps)
+    xhat = centered * inv
+    y = xhat * gamma + beta
+    dxhat = dy * gamma
+    dinv = (dxhat * centered).sum(-1, keepdims=True)
+    dvar = dinv * -0.5 * (var + eps) ** -1.5
+    dcentered = dxhat * inv + dvar * 2 * centered / n
+    dx = dcentered - dcentered.mean(-1, keepdims=True)
+    rows = tuple(range(x.ndim - 1))
+    return y, dx, (dy * xhat).sum(rows), dy.sum(rows)
+
+
+@pytest.mark.parametrize(
+    "kwargs, input_shape",
+    [
+        (dict(epsilon=1e-6), (2, 5, 16)),  # tokens (B, N, D)
+        (dict(epsilon=1e-3), (3, 16)),
+        (dict(epsilon=1e-5), (2, 3, 4, 8)),
+    ],
+)
+def test_layer_norm_matches_reference_values_and_gradients(kwargs, input_shape):
+    """Values and the gradients of x, gamma and beta against a float64 reference and
+    against Keras's layer; the hand-written gradient runs under JAX on the CPU."""
+    ours, theirs = LayerNormalization(**kwargs), keras.layers.LayerNormalization(**kwargs)
+    for layer in (ours, theirs):
+        layer.build(input_shape)
+    lc.randomize_weights(ours, seed=11)
+    theirs.set_weights(ours.get_weights())
+    x = lc.random_array(input_shape, seed=12, scale=3.0) + 2.0  # a mean far from 0
+    dy = lc.random_array(input_shape, seed=13)
+    assert ours._fused_applies(x) == (keras.backend.backend() == "jax")
+    gamma, beta = (lc.to_numpy(w) for w in (ours.gamma, ours.beta))
+    y, dx, dgamma, dbeta = _layer_norm_reference(x, gamma, beta, kwargs["epsilon"], dy)
+    np.testing.assert_allclose(lc.to_numpy(ours(x)), y, atol=2e-5, rtol=1e-5)
+    np.testing.assert_allclose(lc.to_numpy(ours(x)), lc.to_numpy(theirs(x)), atol=1e-5)
+    dy_tensor = keras.ops.convert_to_tensor(dy)
+    got = input_gradient(lambda t: keras.ops.sum(ours(t) * dy_tensor), x)
+    np.testing.assert_allclose(got, dx, atol=2e-5, rtol=1e-4)
+    # Sums along the normalized axis vanish: the gradient has no component along it.
+    np.testing.assert_allclose(got.sum(-1), 0.0, atol=1e-4)
+    model = keras.Sequential([keras.Input(input_shape[1:]), ours])
+    weights = trainable_gradients_of_sum(model, x, dy)
+    np.testing.assert_allclose(weights[0], dgamma, atol=1e-4, rtol=1e-5)
+    np.testing.assert_allclose(weights[1], dbeta, atol=1e-4, rtol=1e-5)
+
+
+def trainable_gradients_of_sum(model, x, dy):
+    """Gradients of sum(model(x) * dy) w.r.t. the model's trainable weights (NumPy)."""
+    backend = keras.backend.backend()
+    dy_tensor = keras.ops.convert_to_tensor(dy)
+    if backend == "jax":
+        import jax
+
+        trainable = [v.value for v in model.trainable_variables]
+        non_trainable = [v.value for v in model.non_trainable_variables]
+
+        def loss(values):
+            outputs, _ = model.stateless_call(values, non_trainable, x)
+            return keras.ops.sum(outputs * dy_tensor)
+
+        return [np.asarray(g) for g in jax.grad(loss)(trainable)]
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(model(x) * dy_tensor)
+        return [np.asarray(g) for g in tape.gradient(loss, model.trainable_weights)]
+    model.zero_grad()
+    keras.ops.sum(model(x) * dy_tensor).backward()
+    return [v.value.grad.detach().cpu().numpy() for v in model.trainable_weights]
+
+
+@pytest.mark.parametrize(
+    "kwargs, input_shape",
+    [
+        (dict(axis=[1, 2]), (2, 3, 4)),  # several axes
+        (dict(axis=1), (2, 6, 3)),  # not the last axis
+        (dict(axis=[1, 2]), (2, 3, 4, 5)),  # not the trailing axes
+        (dict(center=False), (2, 6)),
+        (dict(scale=False), (2, 6)),
+    ],
+)
+def test_layer_norm_other_forms_take_keras_route(kwargs, input_shape):
+    """Against NumPy. Keras's own layer fails under torch on a non-trailing axis
+    (`axis=1` of a rank-3 input goes to `torch.nn.functional.layer_norm`); ours does not."""
+    layer = LayerNormalization(epsilon=1e-3, **kwargs)
+    layer.build(input_shape)
+    lc.randomize_weights(layer, seed=14)
+    x = lc.random_array(input_shape, seed=15)
+    assert not layer._fused_applies(x)
+    axes = tuple(a % len(input_shape) for a in np.atleast_1d(kwargs.get("axis", -1)))
+    shape = [input_shape[i] if i in axes else 1 for i in range(len(input_shape))]
+    expected = (x - x.mean(axes, keepdims=True)) / np.sqrt(x.var(axes, keepdims=True) + 1e-3)
+    if layer.scale:
+        expected = expected * lc.to_numpy(layer.gamma).reshape(shape)
+    if layer.center:
+        expected = expected + lc.to_numpy(layer.beta).reshape(shape)
+    np.testing.assert_allclose(lc.to_numpy(layer(x)), expected, atol=2e-5, rtol=1e-5)
+
+
+def test_layer_norm_route_is_cpu_jax_only(monkeypatch):
+    from keras_vitmix.layers import normalization
+
+    layer = LayerNormalization()
+    layer.build((2, 5, 8))
+    x = keras.KerasTensor((2, 5, 8))
+    assert layer._fused_applies(x) == (keras.backend.backend() == "jax")
+    monkeypatch.setattr(normalization, "_jax_on_cpu", lambda: False)  # e.g. JAX on a GPU
+    assert not layer._fused_applies(x)
+
+
+@pytest.mark.parametrize("policy", lc.MIXED_POLICIES)
+def test_layer_norm_mixed_precision(policy):
+    """Statistics in float32 as Keras's layer; the output in the policy's compute dtype."""
+    (out,) = lc.check_mixed_precision(LayerNormalization, dict(epsilon=1e-6), (2, 5, 16), policy)
+    layer = keras.layers.LayerNormalization(epsilon=1e-6, dtype=policy)
+    np.testing.assert_allclose(out, lc.to_numpy(layer(lc.random_array((2, 5, 16)))).astype("float32"), atol=2e-2)
