@@ -18,6 +18,9 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 # The first bytes of each accepted image format.
 _MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"BM", b"GIF87a", b"GIF89a")
 AUGMENTS = (False, True, "light", "strong")
+# Elements the training shuffle holds (all of a smaller split); a folder's file list is
+# permuted before it is read, so a larger one is not read class by class (`_folder`).
+SHUFFLE_BUFFER = 20_000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,12 +109,13 @@ def load(
             f"`validation_fraction` must be in (0, 1). Received: validation_fraction={validation_fraction}"
         )
     image_size = as_image_size(image_size)
+    shuffle = split == "train" if shuffle is None else bool(shuffle)
     name = os.fspath(name_or_path)
     if name == "digits":
         images, labels, info = _digits(split, image_size)
         ds = _from_arrays(images, labels)
     elif os.path.isdir(name):
-        ds, info = _folder(name, split, image_size, seed, validation_fraction)
+        ds, info = _folder(name, split, image_size, seed, validation_fraction, shuffle)
     elif os.path.sep in name or name.startswith("."):
         raise ValueError(f"No such folder. Received: name_or_path={name!r}")
     else:
@@ -272,11 +276,24 @@ def list_folder(root, split="train", seed=0, validation_fraction=0.1):
     return paths, labels, tuple(classes), note
 
 
-def _folder(root, split, image_size, seed, validation_fraction):
-    """`train/<class>/...` (+ optional `test/`); validation held out of train per class."""
+def _folder(root, split, image_size, seed, validation_fraction, shuffle=False):
+    """`train/<class>/...` (+ optional `test/`); validation held out of train per class.
+
+    With `shuffle`, the file list is permuted (seeded) before it is read: a folder lists
+    its images class by class, and `_finish`'s shuffle buffer (`SHUFFLE_BUFFER`) is
+    smaller than a large folder. Over CIFAR-10's 45,000 training images in class order,
+    each epoch began with the first classes and ended with the last ones, so the model
+    ended every epoch leaning towards the classes it had just seen. Training accuracy
+    ran 5-9 points above validation accuracy from the first epoch, and dropped in the
+    last epoch, when the learning rate neared 0 and the model could no longer follow
+    the drift.
+    """
     import tensorflow as tf
 
     paths, labels, classes, note = list_folder(root, split, seed, validation_fraction)
+    if shuffle:
+        order = np.random.RandomState(seed).permutation(len(paths))
+        paths, labels = [paths[i] for i in order], [labels[i] for i in order]
     root = pathlib.Path(root)
     if image_size is None:
         first = tf.io.decode_image(tf.io.read_file(paths[0]), channels=3, expand_animations=False)
@@ -376,10 +393,9 @@ def _count(splits, tfds_split, ds):
 def _finish(ds, info, batch_size, augment, shuffle, seed, drop_remainder=False):
     import tensorflow as tf
 
-    shuffle = info.split == "train" if shuffle is None else shuffle
     ds = ds.cache()  # decoded uint8 images: CIFAR-10's 50,000 are 150 MB
     if shuffle:
-        ds = ds.shuffle(min(info.num_examples, 20_000), seed=seed, reshuffle_each_iteration=True)
+        ds = ds.shuffle(min(info.num_examples, SHUFFLE_BUFFER), seed=seed, reshuffle_each_iteration=True)
     ds = ds.batch(batch_size, drop_remainder=drop_remainder)
     ds = ds.map(lambda x, y: (tf.cast(x, tf.float32), y), num_parallel_calls=tf.data.AUTOTUNE)
     if augment:

@@ -144,6 +144,30 @@ def test_folder_of_cifar_jpegs(cifar_folder):
     assert test_info.num_examples == val_info.num_examples
 
 
+def test_folder_training_stream_mixes_classes_past_the_shuffle_buffer(cifar_folder, monkeypatch):
+    """A folder lists its images class by class. With a shuffle buffer smaller than the
+    split (CIFAR-10's 45,000 training images against 20,000), an epoch used to start
+    with the first classes and end with the last. Here the buffer holds 4 of 180 images:
+    each quarter of an epoch must still draw on most classes, and the epoch holds every
+    image once."""
+    monkeypatch.setattr(datasets, "SHUFFLE_BUFFER", 4)
+    sorted_labels = datasets.list_folder(cifar_folder, "train")[1]
+    epochs = []
+    ds, info = datasets.load(cifar_folder, "train", batch_size=45)
+    for _ in range(2):
+        epochs.append(collect(ds)[1])
+    for labels in epochs:
+        assert sorted(labels.tolist()) == sorted(sorted_labels)
+        for quarter in np.array_split(labels, 4):
+            assert len(set(quarter.tolist())) >= 7, quarter  # in class order: 2 or 3 classes
+    assert epochs[0].tolist() != epochs[1].tolist()  # reshuffled each epoch
+    # The permutation follows the seed; without shuffling the stream keeps list order.
+    again = collect(datasets.load(cifar_folder, "train", batch_size=45)[0])[1]
+    np.testing.assert_array_equal(again, epochs[0])
+    plain = collect(datasets.load(cifar_folder, "train", batch_size=45, shuffle=False)[0])[1]
+    np.testing.assert_array_equal(plain, sorted_labels)
+
+
 def test_list_folder_gives_the_files_load_reads(cifar_folder):
     """`list_folder` (no TensorFlow: benchmarks/accuracy.py's NumPy pipeline uses it)
     names the images of each split that `load` yields, labels included."""
