@@ -12,7 +12,7 @@ on ConvMixer-768 at batch 32, Keras's three passes took about a fifth of torch i
 computation (batch moments, moving averages with the biased variance). Same arguments,
 variables and results as `keras.layers.BatchNormalization`.
 
-`LayerNormalization`, with a hand-written gradient under JAX on the CPU.
+`LayerNormalization`, with a hand-written gradient in training under JAX on the CPU.
 
 Keras computes `x * (rsqrt(var) * gamma) + (beta - mean * rsqrt(var) * gamma)`: the
 scale and shift are broadcast to the activations' full size before the multiply, and
@@ -22,8 +22,9 @@ gradient that JAX derives from that expression. This subclass computes
 backward pass (the one PyTorch's and apex's fused kernels compute), which keeps only the
 input and the per-row mean and reciprocal deviation:
 `dx = rstd * (g - mean(g) - xhat * mean(g * xhat))` with `g = dy * gamma`.
-A ViT-Ti training step at batch 32 took 0.98x and a Mixer-S/16 step 0.93x the time with
-Keras's layer (`benchmarks/jax_cpu_routes.py`). TensorFlow, torch (whose Keras backend
+A ViT-Ti training step at batch 32 took 0.98x and a Mixer-S/16 step 0.97x the time with
+Keras's layer (`benchmarks/jax_cpu_routes.py`, route `layer_norm_vjp`). Inference keeps
+Keras's computation: this form made ViT-Ti's inference 1.07x slower there. TensorFlow, torch (whose Keras backend
 already calls `torch.nn.functional.layer_norm`), JAX on an accelerator, several axes
 and `rms_scaling` use Keras's computation; under TensorFlow with XLA the same backward
 pass gave no gain. Under torch, axes other than the trailing ones are normalized with
@@ -86,8 +87,8 @@ class BatchNormalization(keras.layers.BatchNormalization):
 
 @keras.saving.register_keras_serializable(package="keras_vitmix")
 class LayerNormalization(keras.layers.LayerNormalization):
-    """`keras.layers.LayerNormalization`, in one pass with a hand-written gradient under
-    JAX on the CPU (see the module docstring).
+    """`keras.layers.LayerNormalization`, in one pass with a hand-written gradient when
+    training under JAX on the CPU (see the module docstring).
 
     Example:
 
@@ -97,17 +98,18 @@ class LayerNormalization(keras.layers.LayerNormalization):
     [-1.225, 0.0, 1.225]
     """
 
-    def _fused_applies(self, inputs):
+    def _fused_applies(self, inputs, training=True):
         return (
-            _jax_on_cpu()
+            bool(training)
+            and _jax_on_cpu()
             and not self.rms_scaling
             and self.gamma is not None
             and self.beta is not None
             and [axis % len(inputs.shape) for axis in self.axis] == [len(inputs.shape) - 1]
         )
 
-    def call(self, inputs):
-        if not self._fused_applies(inputs):
+    def call(self, inputs, training=None):
+        if not self._fused_applies(inputs, training):
             if keras.backend.backend() == "torch" and not self._trailing_axes(inputs):
                 return self._moments_call(inputs)
             return super().call(inputs)
@@ -154,10 +156,11 @@ def _jax_layer_norm():
     import jax.numpy as jnp
 
     def forward(x, gamma, beta, epsilon):
+        # Both moments in one pass over x, as Keras's `moments` computes them.
         mean = jnp.mean(x, axis=-1, keepdims=True)
-        centered = x - mean
-        rstd = jax.lax.rsqrt(jnp.mean(jnp.square(centered), axis=-1, keepdims=True) + epsilon)
-        return centered * rstd * gamma + beta, (x, mean, rstd, gamma)
+        variance = jnp.maximum(jnp.mean(jnp.square(x), axis=-1, keepdims=True) - jnp.square(mean), 0.0)
+        rstd = jax.lax.rsqrt(variance + epsilon)
+        return (x - mean) * rstd * gamma + beta, (x, mean, rstd, gamma)
 
     def backward(epsilon, residuals, dy):
         x, mean, rstd, gamma = residuals

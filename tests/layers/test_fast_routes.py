@@ -374,13 +374,15 @@ def test_layer_norm_matches_reference_values_and_gradients(kwargs, input_shape):
     theirs.set_weights(ours.get_weights())
     x = lc.random_array(input_shape, seed=12, scale=3.0) + 2.0  # a mean far from 0
     dy = lc.random_array(input_shape, seed=13)
-    assert ours._fused_applies(x) == (keras.backend.backend() == "jax")
+    assert ours._fused_applies(x, training=True) == (keras.backend.backend() == "jax")
+    assert not ours._fused_applies(x, training=False)  # inference: Keras's computation
     gamma, beta = (lc.to_numpy(w) for w in (ours.gamma, ours.beta))
     y, dx, dgamma, dbeta = _layer_norm_reference(x, gamma, beta, kwargs["epsilon"], dy)
-    np.testing.assert_allclose(lc.to_numpy(ours(x)), y, atol=2e-5, rtol=1e-5)
-    np.testing.assert_allclose(lc.to_numpy(ours(x)), lc.to_numpy(theirs(x)), atol=1e-5)
+    for training in (True, False):
+        np.testing.assert_allclose(lc.to_numpy(ours(x, training=training)), y, atol=2e-5, rtol=1e-5)
+        np.testing.assert_allclose(lc.to_numpy(ours(x, training=training)), lc.to_numpy(theirs(x)), atol=1e-5)
     dy_tensor = keras.ops.convert_to_tensor(dy)
-    got = input_gradient(lambda t: keras.ops.sum(ours(t) * dy_tensor), x)
+    got = input_gradient(lambda t: keras.ops.sum(ours(t, training=True) * dy_tensor), x)
     np.testing.assert_allclose(got, dx, atol=2e-5, rtol=1e-4)
     # Sums along the normalized axis vanish: the gradient has no component along it.
     np.testing.assert_allclose(got.sum(-1), 0.0, atol=1e-4)
@@ -391,7 +393,8 @@ def test_layer_norm_matches_reference_values_and_gradients(kwargs, input_shape):
 
 
 def trainable_gradients_of_sum(model, x, dy):
-    """Gradients of sum(model(x) * dy) w.r.t. the model's trainable weights (NumPy)."""
+    """Gradients of sum(model(x, training=True) * dy) w.r.t. the model's trainable
+    weights (NumPy)."""
     backend = keras.backend.backend()
     dy_tensor = keras.ops.convert_to_tensor(dy)
     if backend == "jax":
@@ -401,7 +404,7 @@ def trainable_gradients_of_sum(model, x, dy):
         non_trainable = [v.value for v in model.non_trainable_variables]
 
         def loss(values):
-            outputs, _ = model.stateless_call(values, non_trainable, x)
+            outputs, _ = model.stateless_call(values, non_trainable, x, training=True)
             return keras.ops.sum(outputs * dy_tensor)
 
         return [np.asarray(g) for g in jax.grad(loss)(trainable)]
@@ -409,10 +412,10 @@ def trainable_gradients_of_sum(model, x, dy):
         import tensorflow as tf
 
         with tf.GradientTape() as tape:
-            loss = tf.reduce_sum(model(x) * dy_tensor)
+            loss = tf.reduce_sum(model(x, training=True) * dy_tensor)
         return [np.asarray(g) for g in tape.gradient(loss, model.trainable_weights)]
     model.zero_grad()
-    keras.ops.sum(model(x) * dy_tensor).backward()
+    keras.ops.sum(model(x, training=True) * dy_tensor).backward()
     return [v.value.grad.detach().cpu().numpy() for v in model.trainable_weights]
 
 
@@ -433,7 +436,7 @@ def test_layer_norm_other_forms_take_keras_route(kwargs, input_shape):
     layer.build(input_shape)
     lc.randomize_weights(layer, seed=14)
     x = lc.random_array(input_shape, seed=15)
-    assert not layer._fused_applies(x)
+    assert not layer._fused_applies(x, training=True)
     axes = tuple(a % len(input_shape) for a in np.atleast_1d(kwargs.get("axis", -1)))
     shape = [input_shape[i] if i in axes else 1 for i in range(len(input_shape))]
     expected = (x - x.mean(axes, keepdims=True)) / np.sqrt(x.var(axes, keepdims=True) + 1e-3)
@@ -450,9 +453,10 @@ def test_layer_norm_route_is_cpu_jax_only(monkeypatch):
     layer = LayerNormalization()
     layer.build((2, 5, 8))
     x = keras.KerasTensor((2, 5, 8))
-    assert layer._fused_applies(x) == (keras.backend.backend() == "jax")
+    assert layer._fused_applies(x, training=True) == (keras.backend.backend() == "jax")
+    assert not layer._fused_applies(x, training=None) and not layer._fused_applies(x, training=False)
     monkeypatch.setattr(normalization, "_jax_on_cpu", lambda: False)  # e.g. JAX on a GPU
-    assert not layer._fused_applies(x)
+    assert not layer._fused_applies(x, training=True)
 
 
 @pytest.mark.parametrize("policy", lc.MIXED_POLICIES)
