@@ -80,7 +80,9 @@ def load(
         augment: False; True or "light" (random crop after padding, horizontal flip
             where the labels allow it); or "strong" (light + RandAugment + MixUp/CutMix,
             which makes labels one-hot). Applied to the training split only.
-        shuffle: whether to shuffle; defaults to True for the training split only.
+        shuffle: whether to shuffle; defaults to True for the training split only. A
+            folder's file list is then also permuted before it is read (folders
+            list their images class by class).
         seed: int, seeds shuffling, augmentation and a folder's validation split.
         validation_fraction: float in (0, 1), the part of a folder's (or a TFDS
             dataset's) training data held out as validation when it has none.

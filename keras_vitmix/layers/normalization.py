@@ -22,9 +22,10 @@ gradient that JAX derives from that expression. This subclass computes
 backward pass (the one PyTorch's and apex's fused kernels compute), which keeps only the
 input and the per-row mean and reciprocal deviation:
 `dx = rstd * (g - mean(g) - xhat * mean(g * xhat))` with `g = dy * gamma`.
-A ViT-Ti training step at batch 32 took 0.98x and a Mixer-S/16 step 0.97x the time with
-Keras's layer (`benchmarks/jax_cpu_routes.py`, route `layer_norm_vjp`). Inference keeps
-Keras's computation: this form made ViT-Ti's inference 1.07x slower there. TensorFlow, torch (whose Keras backend
+The gain is small: a ViT-Ti training step at batch 32 took 0.98x and a Mixer-S/16 step
+0.97x the time with Keras's layer on one CPU, and 0.99x and 1.00x on two
+(`benchmarks/jax_cpu_routes.py`, route `layer_norm_vjp`). Inference keeps Keras's
+computation: this form made ViT-Ti's inference 1.07x slower on one CPU. TensorFlow, torch (whose Keras backend
 already calls `torch.nn.functional.layer_norm`), JAX on an accelerator, several axes
 and `rms_scaling` use Keras's computation; under TensorFlow with XLA the same backward
 pass gave no gain. Under torch, axes other than the trailing ones are normalized with
