@@ -25,10 +25,10 @@ input and the per-row mean and reciprocal deviation:
 The gain is small: a ViT-Ti training step at batch 32 took 0.98x and a Mixer-S/16 step
 0.97x the time with Keras's layer on one CPU, and 0.99x and 1.00x on two
 (`benchmarks/jax_cpu_routes.py`, route `layer_norm_vjp`). Inference keeps Keras's
-computation: this form made ViT-Ti's inference 1.07x slower on one CPU. TensorFlow, torch (whose Keras backend
-already calls `torch.nn.functional.layer_norm`), JAX on an accelerator, several axes
-and `rms_scaling` use Keras's computation; under TensorFlow with XLA the same backward
-pass gave no gain. Under torch, axes other than the trailing ones are normalized with
+computation: this form made ViT-Ti's inference 1.07x slower on one CPU. TensorFlow,
+torch (whose Keras backend already calls `torch.nn.functional.layer_norm`), JAX on an
+accelerator, several axes and `rms_scaling` use Keras's computation; under TensorFlow
+with XLA the same backward pass gave no gain. Under torch, axes other than the trailing ones are normalized with
 moments: Keras's torch route hands them to `layer_norm`, which cannot normalize them, and
 fails. Same arguments, variables and results as `keras.layers.LayerNormalization`.
 """

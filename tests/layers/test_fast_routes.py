@@ -459,6 +459,25 @@ def test_layer_norm_route_is_cpu_jax_only(monkeypatch):
     assert not layer._fused_applies(x, training=True)
 
 
+def test_blocks_take_the_layer_norm_route_in_training_only():
+    """A block's norms get the training flag from the block's call: under JAX, a training
+    call traces one hand-written-gradient call per LayerNormalization, inference none."""
+    if keras.backend.backend() != "jax":
+        pytest.skip("the route is JAX's")
+    import jax
+
+    from keras_vitmix.layers import MixerBlock, TransformerBlock
+
+    x = lc.random_array((2, 4, 8), seed=16)
+    for block in (TransformerBlock(num_heads=2, mlp_dim=16), MixerBlock(token_mlp_dim=4, channel_mlp_dim=16)):
+        model = keras.Sequential([keras.Input((4, 8)), block])
+        trainable = [v.value for v in model.trainable_variables]
+        frozen = [v.value for v in model.non_trainable_variables]  # e.g. seed generators' states
+        for training, expected in ((True, 2), (False, 0)):
+            jaxpr = jax.make_jaxpr(lambda t: model.stateless_call(t, frozen, x, training=training)[0])(trainable)
+            assert str(jaxpr).count("custom_vjp_call") == expected, (type(block).__name__, training)
+
+
 @pytest.mark.parametrize("policy", lc.MIXED_POLICIES)
 def test_layer_norm_mixed_precision(policy):
     """Statistics in float32 as Keras's layer; the output in the policy's compute dtype."""
