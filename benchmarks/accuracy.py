@@ -185,20 +185,28 @@ def numpy_batches(images, labels, batch_size, augment, seed, num_classes=None):
     return Batches()
 
 
+def input_size(name, image_size=None):
+    """(height, width) that `name` is trained at: `image_size` if given, else its registered input."""
+    if image_size:
+        return (image_size, image_size)
+    from keras_vitmix.applications import model_info
+
+    return tuple(model_info(name)["config"].get("input_shape", (32, 32, 3))[:2])
+
+
 def train_numpy(name, folder, cache, epochs, batch_size, learning_rate, weight_decay, mixed_precision,
-                jit_compile, output_dir, seed=0, warmup_epochs=1, augment="light", overrides=None):
+                jit_compile, output_dir, seed=0, warmup_epochs=1, augment="light", overrides=None, image_size=None):
     """`training.train`'s recipe, callbacks and metrics.json, fed by `numpy_batches`."""
     import time
 
     import keras
 
     from keras_vitmix import datasets, training
-    from keras_vitmix.applications import model_info
     from keras_vitmix.training_callbacks import EpochTimer, callbacks
 
     os.makedirs(output_dir, exist_ok=True)
     keras.utils.set_random_seed(seed)
-    size = tuple(model_info(name)["config"].get("input_shape", (32, 32, 3))[:2])
+    size = input_size(name, image_size)
     train_x, train_y, classes, train_note = decode_split(folder, "train", size, cache, seed)
     val_x, val_y, _, val_note = decode_split(folder, "validation", size, cache, seed)
     info = datasets.DatasetInfo(str(folder), "train", classes, len(classes), len(train_y), (*size, 3), "folder", train_note)
@@ -274,6 +282,8 @@ def main(argv=None):
     parser.add_argument("--jit-compile", default="auto", choices=("auto", "true", "false"))
     parser.add_argument("--augment", default="light", choices=("none", "light", "strong"),
                         help="strong: light, then MixUp or CutMix per batch (tf.data's strong also has RandAugment)")
+    parser.add_argument("--image-size", type=int, default=None,
+                        help="input side in pixels (default: each model's); pair it with --overrides' patch_size")
     parser.add_argument("--overrides", type=json.loads, default=None,
                         help='JSON constructor arguments for every model, e.g. \'{"dropout_rate": 0}\'')
     parser.add_argument("--prepare", action="store_true",
@@ -295,9 +305,7 @@ def main(argv=None):
     jit = {"auto": "auto", "true": True, "false": False}[args.jit_compile]
     augment = False if args.augment == "none" else args.augment
     if args.prepare:
-        from keras_vitmix.applications import model_info
-
-        sizes = {tuple(model_info(n)["config"].get("input_shape", (32, 32, 3))[:2]) for n in args.models.split(",")}
+        sizes = {input_size(n, args.image_size) for n in args.models.split(",")}
         for size in sorted(sizes):
             for split in ("train", "validation"):
                 images, _, _, _ = decode_split(folder, split, size, cache)
@@ -310,13 +318,13 @@ def main(argv=None):
             metrics = train_numpy(
                 name, folder, cache, args.epochs, args.batch_size, args.learning_rate, args.weight_decay,
                 args.mixed_precision, jit, output_dir, warmup_epochs=args.warmup_epochs, augment=augment,
-                overrides=args.overrides,
+                overrides=args.overrides, image_size=args.image_size,
             )
         else:
             metrics = training.train(
                 name, str(folder), epochs=args.epochs, batch_size=args.batch_size,
                 learning_rate=args.learning_rate, weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs,
-                augment=augment, model_overrides=args.overrides,
+                augment=augment, model_overrides=args.overrides, image_size=args.image_size,
                 mixed_precision=args.mixed_precision, jit_compile=jit, output_dir=output_dir, verbose=2,
             )
         rows.append(metrics)
@@ -337,6 +345,7 @@ def main(argv=None):
         f"\n## Accuracy on CIFAR-10 — {datetime.date.today()}, {keras.backend.backend()}, {device_name()}, "
         f"{args.pipeline} pipeline{', mixed_bfloat16' if args.mixed_precision else ''}, batch {args.batch_size}, "
         f"lr {args.learning_rate:g}, weight decay {args.weight_decay:g}, warmup {args.warmup_epochs} epochs, {args.augment} augmentation"
+        + (f", {args.image_size} px" if args.image_size else "")
         + (f", model arguments {json.dumps(args.overrides)}" if args.overrides else "") + "\n",
         f"`{command}`\n",
         "Validation = a seeded 10% of each class held out of the CIFAR-10 training JPEGs "

@@ -1,6 +1,7 @@
 """benchmarks/accuracy.py's NumPy pipeline (for machines without TensorFlow): the light
 augmentation is a crop of the zero-padded image, maybe flipped; MixUp/CutMix labels are
-the mixed images' shares; batches cover the split once per epoch."""
+the mixed images' shares; batches cover the split once per epoch. `--image-size`
+overrides a model's input size."""
 
 import numpy as np
 import pytest
@@ -59,3 +60,9 @@ def test_batches_cover_the_split_once_per_epoch(script):
     assert sorted(first) == sorted(second) == list(range(10)) and list(first) != list(second)
     x, y = shuffled[0]
     assert x.dtype == np.float32 and x.shape == (4, 8, 8, 3)
+
+
+def test_input_size_is_the_models_unless_image_size_is_given(script):
+    assert script.input_size("seed_vit") == (72, 72)  # the seed notebook's upscaled input
+    assert script.input_size("convmixer_256_8") == (32, 32)
+    assert script.input_size("seed_vit", 32) == (32, 32)
