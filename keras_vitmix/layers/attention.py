@@ -13,6 +13,7 @@ import keras
 from keras import ops
 
 from keras_vitmix.layers._checks import check_positive_int, check_rate
+from keras_vitmix.layers._platform import call_sublayer as _sub
 from keras_vitmix.layers._platform import cpu_threads as _cpu_threads
 from keras_vitmix.layers._platform import jax_on_cpu as _jax_on_cpu
 from keras_vitmix.layers.linear import Dense
@@ -93,9 +94,11 @@ class MultiHeadSelfAttention(keras.layers.Layer):
         self.proj = Dense(dim, use_bias=self.use_bias, dtype=self.dtype_policy, name="proj")
         self.qkv.build(input_shape)
         self.proj.build(tuple(input_shape[:-1]) + (inner,))
+        # Checked by Keras at this layer's call, before any sublayer sees a wrong shape.
+        self.input_spec = keras.InputSpec(ndim=3, axes={-1: dim})
 
     def _split_heads(self, inputs):
-        qkv = self.qkv(inputs)  # (B, N, 3 * H * d)
+        qkv = _sub(self.qkv, inputs)  # (B, N, 3 * H * d)
         batch, tokens = ops.shape(qkv)[0], ops.shape(qkv)[1]
         qkv = ops.reshape(qkv, (batch, tokens, 3, self.num_heads, self._head_dim))
         return qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # each (B, N, H, d)
@@ -149,7 +152,7 @@ class MultiHeadSelfAttention(keras.layers.Layer):
             outputs = _fused_attention(q, k, v, mask, scale, use_causal_mask, flash)  # (B, N, H, d)
             scores = None
         batch = ops.shape(outputs)[0]
-        outputs = self.proj(ops.reshape(outputs, (batch, tokens, self.num_heads * self._head_dim)))
+        outputs = _sub(self.proj, ops.reshape(outputs, (batch, tokens, self.num_heads * self._head_dim)))
         return (outputs, scores) if return_attention_scores else outputs
 
     def _heads_first_attention(self, inputs, scale):
@@ -193,7 +196,7 @@ class MultiHeadSelfAttention(keras.layers.Layer):
             # A large finite value (not -inf) keeps fully masked rows free of NaN.
             logits = ops.where(mask, logits, ops.cast(-1e9, "float32"))
         scores = ops.softmax(logits, axis=-1)  # (B, H, N, N), float32
-        probs = self.attention_dropout(ops.cast(scores, v.dtype), training=training)
+        probs = _sub(self.attention_dropout, ops.cast(scores, v.dtype), training=training)
         outputs = ops.einsum("bhqk,bkhd->bqhd", probs, v)
         return outputs, scores
 

@@ -8,6 +8,7 @@ PointwiseConv -> act -> BN, on the patch grid (B, h, w, D).
 import keras
 
 from keras_vitmix.layers._checks import check_positive_int
+from keras_vitmix.layers._platform import call_sublayer as _sub
 from keras_vitmix.layers.conv import Conv2D
 from keras_vitmix.layers.depthwise_conv import DepthwiseConv2D
 from keras_vitmix.layers.normalization import BatchNormalization
@@ -66,10 +67,12 @@ class ConvMixerBlock(keras.layers.Layer):
         )
         for layer in (self.depthwise, self.depthwise_norm, self.pointwise, self.pointwise_norm):
             layer.build(input_shape)
+        # Checked by Keras at this layer's call, before any sublayer sees a wrong shape.
+        self.input_spec = keras.InputSpec(ndim=4, axes={-1: input_shape[-1]})
 
     def call(self, inputs, training=None):
-        x = inputs + self.depthwise_norm(self.depthwise(inputs), training=training)
-        return self.pointwise_norm(self.pointwise(x), training=training)
+        x = inputs + _sub(self.depthwise_norm, _sub(self.depthwise, inputs), training=training)
+        return _sub(self.pointwise_norm, _sub(self.pointwise, x), training=training)
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape)

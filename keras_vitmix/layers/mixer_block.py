@@ -10,6 +10,7 @@ import keras
 from keras import ops
 
 from keras_vitmix.layers._checks import check_positive_int, check_rate
+from keras_vitmix.layers._platform import call_sublayer as _sub
 from keras_vitmix.layers.drop_path import DropPath
 from keras_vitmix.layers.mlp import MLP
 from keras_vitmix.layers.normalization import LayerNormalization
@@ -73,17 +74,19 @@ class MixerBlock(keras.layers.Layer):
             )
         batch, tokens, dim = input_shape
         self.num_tokens = tokens
+        # Checked by Keras at this layer's call, before any sublayer sees a wrong shape.
+        self.input_spec = keras.InputSpec(ndim=3, axes={1: tokens, -1: dim})
         self.norm1.build(input_shape)
         self.token_mixing.build((batch, dim, tokens))
         self.norm2.build(input_shape)
         self.channel_mixing.build(input_shape)
 
     def call(self, inputs, training=None):
-        x = ops.transpose(self.norm1(inputs), (0, 2, 1))  # (B, D, N)
-        x = ops.transpose(self.token_mixing(x, training=training), (0, 2, 1))  # (B, N, D)
-        x = inputs + self.drop_path(x, training=training)
-        y = self.channel_mixing(self.norm2(x), training=training)
-        return x + self.drop_path(y, training=training)
+        x = ops.transpose(_sub(self.norm1, inputs, training=training), (0, 2, 1))  # (B, D, N)
+        x = ops.transpose(_sub(self.token_mixing, x, training=training), (0, 2, 1))  # (B, N, D)
+        x = inputs + _sub(self.drop_path, x, training=training)
+        y = _sub(self.channel_mixing, _sub(self.norm2, x, training=training), training=training)
+        return x + _sub(self.drop_path, y, training=training)
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape)

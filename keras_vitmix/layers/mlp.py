@@ -7,6 +7,7 @@ use Dense -> activation -> Dropout -> Dense -> Dropout; ViT and Mixer use GELU.
 import keras
 
 from keras_vitmix.layers._checks import check_positive_int, check_rate
+from keras_vitmix.layers._platform import call_sublayer as _sub
 from keras_vitmix.layers.linear import Dense
 
 
@@ -62,10 +63,12 @@ class MLP(keras.layers.Layer):
         )
         self.fc1.build(input_shape)
         self.fc2.build(tuple(input_shape[:-1]) + (self.hidden_dim,))
+        # Checked by Keras at this layer's call, before any sublayer sees a wrong shape.
+        self.input_spec = keras.InputSpec(min_ndim=2, axes={-1: input_shape[-1]})
 
     def call(self, inputs, training=None):
-        x = self.dropout(self.fc1(inputs), training=training)
-        return self.dropout(self.fc2(x), training=training)
+        x = _sub(self.dropout, _sub(self.fc1, inputs), training=training)
+        return _sub(self.dropout, _sub(self.fc2, x), training=training)
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape[:-1]) + (self.output_dim or input_shape[-1],)

@@ -15,6 +15,7 @@ import numpy as np
 from keras import ops
 
 from keras_vitmix.layers._checks import check_positive_int, to_pair
+from keras_vitmix.layers._platform import call_sublayer as _sub
 from keras_vitmix.layers._resize import bicubic_resize
 from keras_vitmix.layers.conv import Conv2D
 
@@ -210,7 +211,7 @@ class PatchEmbedding(keras.layers.Layer):
                 f"(height, width, channels). Received: input shape={shape}. Build a new model "
                 "for another size; `resample_position_embedding` carries learned positions over."
             )
-        x = self.projection(inputs)  # (B, h, w, D)
+        x = _sub(self.projection, inputs)  # (B, h, w, D)
         if not self.flatten:
             if self.position_embedding is not None:
                 x = x + ops.reshape(self._positions(), (1, *self.grid_size, self.hidden_dim))

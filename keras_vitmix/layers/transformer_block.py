@@ -10,6 +10,7 @@ import keras
 from keras import ops
 
 from keras_vitmix.layers._checks import check_positive_int, check_rate
+from keras_vitmix.layers._platform import call_sublayer as _sub
 from keras_vitmix.layers.attention import MultiHeadSelfAttention
 from keras_vitmix.layers.drop_path import DropPath
 from keras_vitmix.layers.mlp import MLP
@@ -86,6 +87,8 @@ class TransformerBlock(keras.layers.Layer):
         dim = input_shape[-1]
         for layer in (self.norm1, self.attention, self.norm2, self.mlp):
             layer.build(input_shape)
+        # Checked by Keras at this layer's call, before any sublayer sees a wrong shape.
+        self.input_spec = keras.InputSpec(ndim=3, axes={-1: dim})
         if self.layer_scale_init is not None:
             init = keras.initializers.Constant(self.layer_scale_init)
             self.gamma1 = self.add_weight(shape=(dim,), initializer=init, name="layer_scale1")
@@ -97,17 +100,19 @@ class TransformerBlock(keras.layers.Layer):
         return x * ops.cast(getattr(self, gamma_name), x.dtype)
 
     def call(self, inputs, attention_mask=None, return_attention_scores=False, training=None):
-        attended = self.attention(
-            self.norm1(inputs),
+        attended = _sub(
+            self.attention,
+            _sub(self.norm1, inputs, training=training),
             attention_mask=attention_mask,
             return_attention_scores=return_attention_scores,
             training=training,
         )
         if return_attention_scores:
             attended, scores = attended
-        attended = self.attention_output_dropout(attended, training=training)
-        x = inputs + self.drop_path(self._scale(attended, "gamma1"), training=training)
-        x = x + self.drop_path(self._scale(self.mlp(self.norm2(x), training=training), "gamma2"), training=training)
+        attended = _sub(self.attention_output_dropout, attended, training=training)
+        x = inputs + _sub(self.drop_path, self._scale(attended, "gamma1"), training=training)
+        mixed = _sub(self.mlp, _sub(self.norm2, x, training=training), training=training)
+        x = x + _sub(self.drop_path, self._scale(mixed, "gamma2"), training=training)
         return (x, scores) if return_attention_scores else x
 
     def compute_output_shape(self, input_shape):
