@@ -1,5 +1,5 @@
 """Shared by the scripts that time one choice in whole models (xla_options.py,
-jax_cpu_routes.py): two copies of a model with the same weights, each with its steps
+jax_cpu_routes.py, torch_routes.py): two copies of a model with the same weights, each with its steps
 traced under one side of the choice, timed alternately in balanced order."""
 
 import statistics
@@ -7,7 +7,7 @@ import statistics
 from _timing import alternate, median_ratio  # benchmarks/ is the scripts' folder
 
 
-def time_twins(build, batch, sides, repeats):
+def time_twins(build, batch, sides, repeats, every_call=False):
     """Times two copies of `build()` that share their weights.
 
     Args:
@@ -18,6 +18,8 @@ def time_twins(build, batch, sides, repeats):
             context manager in which the copy's steps are traced (its first
             `predict_on_batch` and `train_on_batch`).
         repeats: timed rounds per task.
+        every_call: enter the copy's context around every call, not only the first
+            ones: for a choice made at each call (torch runs eagerly, nothing is traced).
 
     Returns:
         {"max_diff": largest difference between the copies' predictions, before any
@@ -40,9 +42,19 @@ def time_twins(build, batch, sides, repeats):
             predictions[name] = model.predict_on_batch(x)
             model.train_on_batch(x, y)
     row = {"max_diff": float(np.abs(predictions[names[0]] - predictions[names[1]]).max())}
+    def task(name, step):
+        if not every_call:
+            return step
+
+        def within():
+            with sides[name](copies[name]):
+                return step()
+
+        return within
+
     tasks = {
-        "infer": {name: (lambda m=model: m.predict_on_batch(x)) for name, model in copies.items()},
-        "train": {name: (lambda m=model: m.train_on_batch(x, y)) for name, model in copies.items()},
+        "infer": {name: task(name, lambda m=model: m.predict_on_batch(x)) for name, model in copies.items()},
+        "train": {name: task(name, lambda m=model: m.train_on_batch(x, y)) for name, model in copies.items()},
     }
     for task, fns in tasks.items():
         times = alternate(fns, repeats, balanced=True)
@@ -71,7 +83,7 @@ def twin_table(rows, lead, sides):
     return "\n".join(lines)
 
 
-def emit_twin_rows(names, models, args, sides, **extra):
+def emit_twin_rows(names, models, args, sides, every_call=False, **extra):
     """`time_twins` for each registered model name in `names`, each row (with its
     "model", "batch" and `extra` keys) printed with `emit` for the parent process.
 
@@ -89,7 +101,53 @@ def emit_twin_rows(names, models, args, sides, **extra):
         overrides = json.loads(args.overrides) if args.overrides else overrides
         batch = args.batch_size or batch
         keras.utils.set_random_seed(0)
-        row = time_twins(lambda: create_model(name, **overrides), batch, sides, args.repeats)
+        row = time_twins(lambda: create_model(name, **overrides), batch, sides, args.repeats, every_call)
         described = f" ({', '.join(f'{k} {v}' for k, v in overrides.items())})" if overrides else ""
         emit({**extra, "model": name + described, "batch": batch, **row})
         keras.backend.clear_session()
+
+
+def route_parser(doc, routes, results):
+    """The route scripts' shared options; the script adds its batch options."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--routes", nargs="+", default=list(routes), choices=list(routes))
+    parser.add_argument("--models", nargs="+", default=None, help="registered names (default: each route's)")
+    parser.add_argument("--repeats", type=int, default=6)
+    parser.add_argument("--overrides", default=None, help="JSON create_model overrides for every model (tests)")
+    parser.add_argument("--results", default=str(results))
+    parser.add_argument("--no-record", action="store_true")
+    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    return parser
+
+
+def route_table(rows):
+    """`twin_table` for the route scripts (jax_cpu_routes.py, torch_routes.py): a row per
+    route, model and batch, the time without the route, with it, and the ratio."""
+    lead = {"route": lambda r: f"`{r['route']}`", "model": lambda r: f"`{r['model']}`", "batch": lambda r: str(r["batch"])}
+    return twin_table(rows, lead, (("route", "route"), ("without", "without")))
+
+
+def route_main(argv, parse, worker, script, backend, title, note):
+    """A route script's `main`: in the worker process (`--worker`), `worker(args)`; in
+    the parent, runs the worker under `backend`, prints the table, and unless
+    `--no-record` appends it to `args.results` under `title`, with the medians'
+    description and `note`. Returns the rows."""
+    import sys
+
+    from _timing import append_section, run_backends
+
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parse(argv)
+    if args.worker:
+        return worker(args)
+    rows = run_backends(script, [backend], argv, route_table)
+    if rows and not args.no_record:
+        append_section(
+            args.results, title, script, argv,
+            f"Medians of {args.repeats} alternating rounds in balanced order, one process; ÷ = median of per-round "
+            f"ratios (with the route ÷ without it, below 1 = the route is faster); {note}",
+            [route_table(rows)],
+        )
+    return rows

@@ -26,13 +26,10 @@ benchmarks/RESULTS.md. JAX only; it runs in its own process with KERAS_BACKEND=j
     python benchmarks/jax_cpu_routes.py --routes attention_slices --models vit_tiny_patch16_224 --repeats 10
 """
 
-import argparse
 import contextlib
-import sys
 from pathlib import Path
 
-from _timing import append_section, run_backends  # benchmarks/ is the script's folder
-from _twins import emit_twin_rows, twin_table
+from _twins import emit_twin_rows, route_main, route_parser  # benchmarks/ is the script's folder
 
 REPO = Path(__file__).resolve().parents[1]
 # name: (create_model overrides, batch size)
@@ -50,15 +47,8 @@ ROUTES = {
 
 
 def parse(argv):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--routes", nargs="+", default=list(ROUTES), choices=list(ROUTES))
-    parser.add_argument("--models", nargs="+", default=None, help="registered names (default: each route's)")
-    parser.add_argument("--repeats", type=int, default=6)
+    parser = route_parser(__doc__, ROUTES, REPO / "benchmarks" / "RESULTS.md")
     parser.add_argument("--batch-size", type=int, default=None, help="instead of each model's batch above")
-    parser.add_argument("--overrides", default=None, help="JSON create_model overrides for every model (tests)")
-    parser.add_argument("--results", default=str(REPO / "benchmarks" / "RESULTS.md"))
-    parser.add_argument("--no-record", action="store_true")
-    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
 
@@ -93,26 +83,11 @@ def worker(args):
         emit_twin_rows(args.models or ROUTES[route], MODELS, args, sides, route=route)
 
 
-def format_table(rows):
-    lead = {"route": lambda r: f"`{r['route']}`", "model": lambda r: f"`{r['model']}`", "batch": lambda r: str(r["batch"])}
-    return twin_table(rows, lead, (("route", "route"), ("without", "without")))
-
-
 def main(argv=None):
-    argv = sys.argv[1:] if argv is None else list(argv)
-    args = parse(argv)
-    if args.worker:
-        return worker(args)
-    rows = run_backends(__file__, ["jax"], argv, format_table)
-    if rows and not args.no_record:
-        append_section(
-            args.results, "JAX-on-CPU routes against the computations they replace", __file__, argv,
-            f"Medians of {args.repeats} alternating rounds in balanced order, one process; ÷ = median of per-round "
-            "ratios (with the route ÷ without it, below 1 = the route is faster); the two copies share their "
-            "weights and the options of `jax_cpu_compiler_options`.",
-            [format_table(rows)],
-        )
-    return rows
+    return route_main(
+        argv, parse, worker, __file__, "jax", "JAX-on-CPU routes against the computations they replace",
+        "the two copies share their weights and the options of `jax_cpu_compiler_options`.",
+    )
 
 
 if __name__ == "__main__":
