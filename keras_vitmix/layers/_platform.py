@@ -34,8 +34,9 @@ def call_sublayer(layer, *args, **kwargs):
     called from its parent's `call` needs none of it: the parent's `__call__` has
     converted the inputs and entered the dtype policy's autocast scope, and the parent
     passes `training` itself. So under torch such a sublayer is called directly: ViT-Ti
-    inference at batch 1 took 0.79x the time (benchmarks/RESULTS.md). The parent layers
-    check their input shape (`input_spec`), so a wrong input is still a `ValueError`.
+    inference at batch 1 took 0.72x the time (benchmarks/torch_routes.py, RESULTS.md).
+    The parent layers check their input shape (`input_spec`), so a wrong input is still
+    a `ValueError`.
 
     Keras's `__call__` stays for an unbuilt, quantized or rematerialized sublayer, and
     for one that turns autocasting off for sublayers of its own. Under JAX and
