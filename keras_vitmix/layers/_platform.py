@@ -12,6 +12,15 @@ def jax_on_cpu():
     return jax.default_backend() == "cpu"
 
 
+def torch_on_cpu(tensor):
+    """Whether Keras runs under torch and `tensor` is a torch tensor on the CPU."""
+    if keras.backend.backend() != "torch":
+        return False
+    import torch
+
+    return isinstance(tensor, torch.Tensor) and tensor.device.type == "cpu"
+
+
 def cpu_threads():
     """How many CPUs this process may run on (XLA:CPU sizes its thread pool by this)."""
     import os

@@ -4,9 +4,10 @@ Vaswani et al., "Attention Is All You Need", NeurIPS 2017
 (https://arxiv.org/abs/1706.03762): softmax(Q K^T / sqrt(d)) V, computed per head.
 Without scores the layer calls `keras.ops.dot_product_attention`, which dispatches to
 each backend's fused kernel (flash attention where available; `flash_attention=` chooses),
-except under JAX on the CPU, where plain self-attention multiplies with heads first
-(faster there, see `_heads_first_attention`); with scores it computes the softmax explicitly in
-float32 so the maps can be inspected. All paths agree.
+except on the CPU: under JAX plain self-attention multiplies with heads first (faster
+there, see `_heads_first_attention`), and under torch it hands strided views to torch's
+kernel without Keras's copies (`_torch_attention`). With scores it computes the softmax
+explicitly in float32 so the maps can be inspected. All paths agree.
 """
 
 import keras
@@ -16,6 +17,7 @@ from keras_vitmix.layers._checks import check_positive_int, check_rate
 from keras_vitmix.layers._platform import call_sublayer as _sub
 from keras_vitmix.layers._platform import cpu_threads as _cpu_threads
 from keras_vitmix.layers._platform import jax_on_cpu as _jax_on_cpu
+from keras_vitmix.layers._platform import torch_on_cpu as _torch_on_cpu
 from keras_vitmix.layers.linear import Dense
 
 
@@ -140,6 +142,8 @@ class MultiHeadSelfAttention(keras.layers.Layer):
             flash = keras.config.is_flash_attention_enabled()  # None (where possible) or False
         if plain and flash is not True and _jax_on_cpu():
             return self._heads_first_attention(inputs, scale)
+        if plain and flash is not True and _torch_on_cpu(inputs):
+            return self._torch_attention(inputs, scale)
         q, k, v = self._split_heads(inputs)
         if return_attention_scores or dropout_active:
             outputs, scores = self._explicit_attention(
@@ -154,6 +158,25 @@ class MultiHeadSelfAttention(keras.layers.Layer):
         batch = ops.shape(outputs)[0]
         outputs = _sub(self.proj, ops.reshape(outputs, (batch, tokens, self.num_heads * self._head_dim)))
         return (outputs, scores) if return_attention_scores else outputs
+
+    def _torch_attention(self, inputs, scale):
+        """Plain self-attention under torch on the CPU, as timm computes it: Q, K and V are
+        strided views of the projection, permuted to (B, H, N, d), and go to
+        `torch.nn.functional.scaled_dot_product_attention` as they are. Keras's
+        `dot_product_attention` (what the other path calls) transposes them to that
+        layout and then copies each into contiguous memory, and its output comes back as
+        a strided (B, N, H, d) view. Here its kernel reads the strided views and its output is
+        copied once, by the final reshape. The same kernel computes the same values; at
+        batch 1 ViT-Ti's inference made 48 more copies than timm's before, and the Keras
+        op's checks and casts ran in Python at every call."""
+        import torch
+
+        qkv = _sub(self.qkv, inputs)
+        batch, tokens = qkv.shape[0], qkv.shape[1]
+        q, k, v = qkv.reshape(batch, tokens, 3, self.num_heads, self._head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        outputs = torch.nn.functional.scaled_dot_product_attention(q, k, v, scale=scale)  # (B, H, N, d)
+        outputs = outputs.transpose(1, 2).reshape(batch, tokens, self.num_heads * self._head_dim)
+        return _sub(self.proj, outputs)
 
     def _heads_first_attention(self, inputs, scale):
         """softmax(Q K^T) V with heads before tokens, (B, H, N, d): JAX's CPU route.

@@ -289,6 +289,47 @@ def _on_accelerator():
     return False
 
 
+@pytest.mark.skipif(keras.backend.backend() != "torch", reason="the route calls torch directly")
+def test_torch_route_matches_numpy_and_the_keras_op_with_gradients(monkeypatch):
+    """torch's CPU route (strided views straight into scaled_dot_product_attention)
+    gives the reference's values, and the Keras op's outputs and input gradients."""
+    from keras_vitmix.layers import attention
+
+    from tests.backend_utils import input_gradient
+
+    layer = built_layer(seed=4)
+    x = lc.random_array(SHAPE, seed=5)
+    expected, _ = reference_attention(layer, x)
+    got = layer._torch_attention(keras.ops.convert_to_tensor(x), 1.0 / np.sqrt(layer._head_dim))
+    np.testing.assert_allclose(lc.to_numpy(got), expected, atol=1e-5)
+    dy = keras.ops.convert_to_tensor(lc.random_array(SHAPE, seed=6))
+    results = []
+    for route in (True, False):
+        if not route:
+            monkeypatch.setattr(attention, "_torch_on_cpu", lambda tensor: False)
+        results.append((lc.to_numpy(layer(x)), input_gradient(lambda t: keras.ops.sum(layer(t) * dy), x)))
+    np.testing.assert_allclose(results[0][0], results[1][0], atol=1e-6)
+    np.testing.assert_allclose(results[0][1], results[1][1], atol=1e-5)
+
+
+def test_plain_calls_take_the_torch_route_under_torch_on_cpu(monkeypatch):
+    """Only a plain call (no mask, scores or active dropout) of a CPU tensor under torch."""
+    from keras_vitmix.layers import attention
+
+    taken = []
+    real = MultiHeadSelfAttention._torch_attention
+    monkeypatch.setattr(MultiHeadSelfAttention, "_torch_attention", lambda self, *a: taken.append(1) or real(self, *a))
+    layer = built_layer(seed=4)
+    x = keras.ops.convert_to_tensor(lc.random_array(SHAPE, seed=5))
+    layer(x)
+    layer(x, attention_mask=padding_mask())
+    layer(x, return_attention_scores=True)
+    torch_cpu = keras.backend.backend() == "torch" and str(x.device) == "cpu"
+    assert attention._torch_on_cpu(x) == torch_cpu
+    assert not attention._torch_on_cpu(lc.random_array(SHAPE))  # a NumPy array is not a torch tensor
+    assert taken == ([1] if torch_cpu else [])
+
+
 @pytest.mark.parametrize("flash", [None, False])
 def test_flash_attention_setting_reaches_the_fused_op(monkeypatch, flash):
     """None follows Keras's global switch (None: where possible; False after
