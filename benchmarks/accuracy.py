@@ -195,7 +195,8 @@ def input_size(name, image_size=None):
 
 
 def train_numpy(name, folder, cache, epochs, batch_size, learning_rate, weight_decay, mixed_precision,
-                jit_compile, output_dir, seed=0, warmup_epochs=1, augment="light", overrides=None, image_size=None):
+                jit_compile, output_dir, seed=0, warmup_epochs=1, augment="light", overrides=None, image_size=None,
+                label_smoothing=0.1):
     """`training.train`'s recipe, callbacks and metrics.json, fed by `numpy_batches`."""
     import time
 
@@ -218,7 +219,8 @@ def train_numpy(name, folder, cache, epochs, batch_size, learning_rate, weight_d
         net = training._build(name, size, len(classes), overrides)
         steps = -(-len(train_y) // batch_size)
         training.compile_for_training(
-            net, epochs * steps, learning_rate, weight_decay, warmup_epochs * steps, jit_compile=jit_compile
+            net, epochs * steps, learning_rate, weight_decay, warmup_epochs * steps,
+            label_smoothing=label_smoothing, jit_compile=jit_compile,
         )
         resuming = os.path.isdir(os.path.join(output_dir, "backup"))
         run_callbacks = callbacks(output_dir)
@@ -276,6 +278,7 @@ def main(argv=None):
     parser.add_argument("--learning-rate", type=float, default=2e-3)
     parser.add_argument("--weight-decay", type=float, default=0.05)
     parser.add_argument("--warmup-epochs", type=int, default=1)
+    parser.add_argument("--label-smoothing", type=float, default=0.1)
     parser.add_argument("--pipeline", default="tf.data", choices=("tf.data", "numpy"),
                         help="numpy: no TensorFlow needed (see the module docstring)")
     parser.add_argument("--mixed-precision", action="store_true", help="the mixed_bfloat16 policy")
@@ -318,13 +321,14 @@ def main(argv=None):
             metrics = train_numpy(
                 name, folder, cache, args.epochs, args.batch_size, args.learning_rate, args.weight_decay,
                 args.mixed_precision, jit, output_dir, warmup_epochs=args.warmup_epochs, augment=augment,
-                overrides=args.overrides, image_size=args.image_size,
+                overrides=args.overrides, image_size=args.image_size, label_smoothing=args.label_smoothing,
             )
         else:
             metrics = training.train(
                 name, str(folder), epochs=args.epochs, batch_size=args.batch_size,
                 learning_rate=args.learning_rate, weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs,
                 augment=augment, model_overrides=args.overrides, image_size=args.image_size,
+                label_smoothing=args.label_smoothing,
                 mixed_precision=args.mixed_precision, jit_compile=jit, output_dir=output_dir, verbose=2,
             )
         rows.append(metrics)
@@ -344,7 +348,8 @@ def main(argv=None):
     section = "\n".join([
         f"\n## Accuracy on CIFAR-10 — {datetime.date.today()}, {keras.backend.backend()}, {device_name()}, "
         f"{args.pipeline} pipeline{', mixed_bfloat16' if args.mixed_precision else ''}, batch {args.batch_size}, "
-        f"lr {args.learning_rate:g}, weight decay {args.weight_decay:g}, warmup {args.warmup_epochs} epochs, {args.augment} augmentation"
+        f"lr {args.learning_rate:g}, weight decay {args.weight_decay:g}, warmup {args.warmup_epochs} epochs, {args.augment} augmentation, "
+        f"label smoothing {args.label_smoothing:g}"
         + (f", {args.image_size} px" if args.image_size else "")
         + (f", model arguments {json.dumps(args.overrides)}" if args.overrides else "") + "\n",
         f"`{command}`\n",
