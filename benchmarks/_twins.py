@@ -1,6 +1,7 @@
 """Shared by the scripts that time one choice in whole models (xla_options.py,
-jax_cpu_routes.py, torch_routes.py): two copies of a model with the same weights, each with its steps
-traced under one side of the choice, timed alternately in balanced order."""
+jax_cpu_routes.py, torch_routes.py): two copies of a model with the same weights, each
+run under one side of the choice (traced under it, or under torch called under it), timed
+alternately in balanced order."""
 
 import statistics
 
@@ -42,7 +43,8 @@ def time_twins(build, batch, sides, repeats, every_call=False):
             predictions[name] = model.predict_on_batch(x)
             model.train_on_batch(x, y)
     row = {"max_diff": float(np.abs(predictions[names[0]] - predictions[names[1]]).max())}
-    def task(name, step):
+
+    def timed(name, step):
         if not every_call:
             return step
 
@@ -53,8 +55,8 @@ def time_twins(build, batch, sides, repeats, every_call=False):
         return within
 
     tasks = {
-        "infer": {name: task(name, lambda m=model: m.predict_on_batch(x)) for name, model in copies.items()},
-        "train": {name: task(name, lambda m=model: m.train_on_batch(x, y)) for name, model in copies.items()},
+        "infer": {name: timed(name, lambda m=model: m.predict_on_batch(x)) for name, model in copies.items()},
+        "train": {name: timed(name, lambda m=model: m.train_on_batch(x, y)) for name, model in copies.items()},
     }
     for task, fns in tasks.items():
         times = alternate(fns, repeats, balanced=True)

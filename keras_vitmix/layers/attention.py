@@ -164,11 +164,11 @@ class MultiHeadSelfAttention(keras.layers.Layer):
         strided views of the projection, permuted to (B, H, N, d), and go to
         `torch.nn.functional.scaled_dot_product_attention` as they are. Keras's
         `dot_product_attention` (what the other path calls) transposes them to that
-        layout and then copies each into contiguous memory, and its output comes back as
-        a strided (B, N, H, d) view. Here its kernel reads the strided views and its output is
-        copied once, by the final reshape. The same kernel computes the same values; at
-        batch 1 ViT-Ti's inference made 48 more copies than timm's before, and the Keras
-        op's checks and casts ran in Python at every call."""
+        layout and copies each into contiguous memory, and its output comes back as a
+        strided (B, N, H, d) view. Here the kernel reads the strided views, and its output
+        is copied once, by the final reshape. The same kernel computes the same values.
+        Before, ViT-Ti's inference at batch 1 made 48 more copies than timm's, and the
+        Keras op's checks and casts ran in Python at every call."""
         import torch
 
         qkv = _sub(self.qkv, inputs)
