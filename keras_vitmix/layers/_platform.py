@@ -51,13 +51,75 @@ def call_sublayer(layer, *args, **kwargs):
     for one that turns autocasting off for sublayers of its own. Under JAX and
     TensorFlow the step is traced once, so `__call__` costs nothing per step there.
     """
-    if (
+    if _direct_call_allowed(layer):
+        return layer.call(*args, **kwargs)
+    return layer(*args, **kwargs)
+
+
+def direct_graph_calls():
+    """Whether a functional model's `call` should run its graph with `call_graph_node`."""
+    return DIRECT_SUBLAYER_CALLS and keras.backend.backend() == "torch"
+
+
+def _direct_call_allowed(layer):
+    return (
         DIRECT_SUBLAYER_CALLS
         and keras.backend.backend() == "torch"
         and layer.built
         and (layer.autocast or not layer._layers)  # autocast=False: Keras clears the scope for sublayers
         and layer.dtype_policy.quantization_mode is None
         and getattr(layer, "_remat_mode", None) is None
+    )
+
+
+def call_graph_node(layer, training, /, *args, **kwargs):
+    """One node of a functional model's graph, run from the model's `call`: under
+    torch, `layer.call` with what Keras's `Layer.__call__` would have done for it.
+
+    The model's own `__call__` has converted the images and resolved `training`. A
+    ViT-Ti has 20 layers at its top level, and their `__call__`s took about 6 of its
+    49 ms at batch 1 on one CPU; with `call_sublayer`, inference took 0.64x the time of
+    Keras's route (benchmarks/torch_routes.py, RESULTS.md). For a built layer with one tensor
+    argument, no mask and no activity regularizer, this does the rest of `__call__`'s
+    work itself: casts a floating input to the layer's input dtype, enters the autocast
+    scope Keras would enter (mixed precision), and passes `training` where the layer's
+    `call` takes it. Any other node goes through `__call__`, with `training` as Keras's
+    functional models pass it.
+    """
+    from keras.src import backend as keras_backend
+
+    if kwargs.get("mask", True) is None:
+        del kwargs["mask"]  # recorded by Keras for a layer that takes a mask
+    if not (
+        isinstance(layer, keras.layers.Layer)
+        and len(args) == 1
+        and set(kwargs) <= {"training"}
+        and _direct_call_allowed(layer)
+        and layer.activity_regularizer is None
+        and type(layer).compute_mask is keras.layers.Layer.compute_mask
+        and keras_backend.is_tensor(args[0])
+        and keras_backend.get_keras_mask(args[0]) is None
     ):
-        return layer.call(*args, **kwargs)
-    return layer(*args, **kwargs)
+        if training is not None and "training" in getattr(layer, "_call_context_args", ()):
+            kwargs["training"] = training  # as Keras's functional `call` passes it
+        return layer(*args, **kwargs)
+    if training is not None and layer._call_has_context_arg.get("training", False):
+        kwargs["training"] = training
+    (x,) = args
+    if layer.autocast and keras_backend.standardize_dtype(x.dtype) != layer.input_dtype:
+        x = layer.dtype_policy.convert_input(x, layer.autocast, layer.input_dtype)
+    scope = keras_backend.get_autocast_scope()
+    compute = layer.compute_dtype
+    if scope is not None:
+        if not layer.autocast or not keras_backend.is_float_dtype(compute):
+            scope = keras_backend.AutocastScope(None)
+        elif scope.dtype != compute:
+            scope = keras_backend.AutocastScope(compute)
+        else:
+            scope = None
+    elif compute != layer.variable_dtype:
+        scope = keras_backend.AutocastScope(compute)
+    if scope is None:
+        return layer.call(x, **kwargs)
+    with scope:
+        return layer.call(x, **kwargs)
