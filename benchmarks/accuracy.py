@@ -24,8 +24,10 @@ import multiprocessing
 import os
 import pathlib
 import platform
+import shutil
 import sys
 import tarfile
+import tempfile
 
 import numpy as np
 
@@ -49,15 +51,30 @@ SEED_RESULTS = {
 
 
 def extract(archive, cache):
-    """Extracts the archive once; returns the folder holding train/<class>/."""
+    """Extracts the archive once; returns the folder holding train/<class>/.
+
+    The archive is unpacked into a folder of this process's own and renamed into place
+    when complete, so that runs started together on one cache never read a file that
+    another is still writing, and a killed extraction leaves nothing half-written."""
     root = cache / "cifar10-train-jpeg"
     marker = root / ".complete"
     if not marker.exists():
         print(f"extracting {archive} -> {root}", flush=True)
-        root.mkdir(parents=True, exist_ok=True)
-        with tarfile.open(archive) as tar:
-            tar.extractall(root, filter="data")
-        marker.touch()
+        cache.mkdir(parents=True, exist_ok=True)
+        staging = pathlib.Path(tempfile.mkdtemp(prefix=f"{root.name}.partial-", dir=cache))
+        try:
+            with tarfile.open(archive) as tar:
+                tar.extractall(staging, filter="data")
+            (staging / ".complete").touch()
+            if root.exists() and not marker.exists():
+                shutil.rmtree(root, ignore_errors=True)  # left by an extraction that was killed
+            try:
+                os.rename(staging, root)
+            except OSError:
+                if not marker.exists():  # not another run's complete copy: a real failure
+                    raise
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
     found = [p.parent for p in root.rglob("train") if (p / "airplane").is_dir()] or [root]
     return found[0] if (found[0] / "train").is_dir() else found[0].parent
 
@@ -208,8 +225,9 @@ def train_numpy(name, folder, cache, epochs, batch_size, learning_rate, weight_d
     os.makedirs(output_dir, exist_ok=True)
     keras.utils.set_random_seed(seed)
     size = input_size(name, image_size)
-    train_x, train_y, classes, train_note = decode_split(folder, "train", size, cache, seed)
-    val_x, val_y, _, val_note = decode_split(folder, "validation", size, cache, seed)
+    # The validation split stays the same whatever `seed` (initialization, order, augmentation).
+    train_x, train_y, classes, train_note = decode_split(folder, "train", size, cache)
+    val_x, val_y, _, val_note = decode_split(folder, "validation", size, cache)
     info = datasets.DatasetInfo(str(folder), "train", classes, len(classes), len(train_y), (*size, 3), "folder", train_note)
     val_info = datasets.DatasetInfo(str(folder), "validation", classes, len(classes), len(val_y), (*size, 3), "folder", val_note)
     previous = keras.config.dtype_policy()
@@ -228,15 +246,17 @@ def train_numpy(name, folder, cache, epochs, batch_size, learning_rate, weight_d
         net.fit(
             numpy_batches(train_x, train_y, batch_size, augment, seed, len(classes)), epochs=epochs,
             callbacks=run_callbacks,
-            validation_data=numpy_batches(val_x, val_y, 500, False, seed), verbose=2,
+            validation_data=numpy_batches(val_x, val_y, 500, False, 0), verbose=2,
         )
         wall = time.perf_counter() - start
         best = keras.saving.load_model(os.path.join(output_dir, "model.keras"))
-        scores = best.evaluate(numpy_batches(val_x, val_y, 500, False, seed), return_dict=True, verbose=0)
+        scores = best.evaluate(numpy_batches(val_x, val_y, 500, False, 0), return_dict=True, verbose=0)
     finally:
         keras.config.set_dtype_policy(previous)
     times = next(c for c in run_callbacks if isinstance(c, EpochTimer)).times
-    metrics = training._run_metrics(net, info, val_info, scores, times, wall, resuming, size, batch_size, epochs)
+    metrics = training._run_metrics(
+        net, info, val_info, scores, times, wall, resuming, size, batch_size, epochs, seen=len(train_y)
+    )
     metrics.update(pipeline="numpy", mixed_precision=bool(mixed_precision), learning_rate=learning_rate, augment=augment)
     training.write_json(os.path.join(output_dir, "metrics.json"), metrics)
     print(f"{name}: validation accuracy {metrics['test_accuracy']:.2%}, {metrics['seconds_per_epoch']:.1f} s/epoch")
@@ -291,11 +311,17 @@ def main(argv=None):
                         help='JSON constructor arguments for every model, e.g. \'{"dropout_rate": 0}\'')
     parser.add_argument("--prepare", action="store_true",
                         help="only extract the archive and decode the numpy pipeline's arrays (cached)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seeds initialization, batch order and augmentation (numpy pipeline; the "
+                        "validation split stays the same)")
     parser.add_argument("--backend", default=None, choices=("tensorflow", "jax", "torch"))
     parser.add_argument("--cache", default=os.path.expanduser("~/.cache/keras_vitmix"))
     parser.add_argument("--output", default=str(REPO / "runs" / "accuracy"))
     parser.add_argument("--results", default=str(REPO / "benchmarks" / "RESULTS.md"))
     args = parser.parse_args(argv)
+    if args.seed and args.pipeline != "numpy":
+        parser.error(f"--seed {args.seed} needs --pipeline numpy: the tf.data pipeline's seed also re-draws the "
+                     "validation split")
     if args.backend:
         os.environ["KERAS_BACKEND"] = args.backend
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -322,6 +348,7 @@ def main(argv=None):
                 name, folder, cache, args.epochs, args.batch_size, args.learning_rate, args.weight_decay,
                 args.mixed_precision, jit, output_dir, warmup_epochs=args.warmup_epochs, augment=augment,
                 overrides=args.overrides, image_size=args.image_size, label_smoothing=args.label_smoothing,
+                seed=args.seed,
             )
         else:
             metrics = training.train(
