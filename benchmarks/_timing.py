@@ -54,17 +54,19 @@ def run_worker(script, backend, arguments):
     return rows
 
 
-def append_section(results, title, script, argv, preamble, tables):
+def append_section(results, title, script, argv, preamble, tables, machine=None):
     """Appends `## title — date`, the machine, the exact command, `preamble` and the
-    tables to the results file (benchmarks/RESULTS.md), and says so."""
+    tables to the results file (benchmarks/RESULTS.md), and says so. `machine`: where
+    the numbers were measured, if not on this machine (rows rendered later)."""
     import datetime
     import platform
 
     command = f"python benchmarks/{os.path.basename(script)} " + " ".join(argv)
+    machine = machine or f"{platform.machine()}, {os.cpu_count()} cores"
     with open(results, "a") as handle:
         handle.write(
             f"\n## {title} — {datetime.date.today()}\n\n"
-            f"Machine: {platform.machine()}, {os.cpu_count()} cores. Command: `{command.strip()}`. "
+            f"Machine: {machine}. Command: `{command.strip()}`. "
             f"{preamble}\n\n" + "\n\n".join(tables) + "\n"
         )
     print(f"Appended to {results}")

@@ -226,7 +226,7 @@ def measure(name, args, device, peak):
         fn()
     row = dict(kind="speed", backend=keras.backend.backend(), device=device, peak=peak, model=name,
                policy=model.dtype_policy.name, depth=overrides.get("num_layers"), params=model.count_params(), flops=count_flops(model)["flops"],
-               peak_mb=peak_gpu_mb())
+               peak_mb=peak_gpu_mb(), batch=args.batch_size, repeats=args.repeats, host=host())
     timm_fns = timm_runners(timm_name, overrides, args.batch_size, model.input_shape[1]) if timm_name else {}
     for task in ("infer", "train"):
         times = alternate({"ours": ours[task], **({"timm": timm_fns[task]} if timm_fns else {})}, args.repeats)
@@ -252,6 +252,20 @@ def release():
         import jax
 
         jax.clear_caches()
+
+
+def host():
+    """The machine a worker ran on, as the results file names it."""
+    import platform
+
+    return f"{platform.machine()}, {os.cpu_count()} cores"
+
+
+def recorded(rows, key, default):
+    """The setting the speed rows were measured with (rows from before rows carried
+    settings: `default`); several values are all named, "a / b"."""
+    values = list(dict.fromkeys(r.get(key, default) for r in rows if r["kind"] == "speed")) or [default]
+    return values[0] if len(values) == 1 else " / ".join(str(v) for v in values)
 
 
 def worker(args):
@@ -283,6 +297,7 @@ def format_tables(rows, batch):
         return f"{value:.2f}×" if value is not None else "–"
 
     for r in speed:
+        batch = r.get("batch", batch)  # the batch the worker ran at, where its row says
         infer_rate, train_rate = batch / r["infer"], batch / r["train"]
         depth = f" (depth {r['depth']})" if r.get("depth") else ""
         def share(rate, factor):
@@ -328,13 +343,15 @@ def main(argv=None):
         speed = [r for r in rows if r["kind"] == "speed"]
         device = speed[0]["device"] if speed else "?"
         peak = speed[0]["peak"] if speed else None
+        # Rendered from saved rows, the settings are the workers', not this command's defaults.
+        batch, repeats = recorded(rows, "batch", args.batch_size), recorded(rows, "repeats", args.repeats)
         append_section(
             args.results, f"GPU throughput ({device})", __file__, argv,
-            f"{args.precision}, batch {args.batch_size}, XLA under JAX; medians of {args.repeats} alternating runs; "
+            f"{args.precision}, batch {batch}, XLA under JAX; medians of {repeats} alternating runs; "
             f"÷timm = median of per-run time ratios (ours ÷ timm eager with bf16 autocast; below 1 = we are "
             f"faster). % of peak = FLOP/s reached ÷ {peak or '?'} TFLOP/s (dense bf16); a training step counts "
             "3 × the forward FLOPs.",
-            format_tables(rows, args.batch_size),
+            format_tables(rows, args.batch_size), machine=recorded(rows, "host", None),
         )
 
 

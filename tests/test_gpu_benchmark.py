@@ -60,4 +60,23 @@ def test_worker_keeps_the_policy_across_models(script, monkeypatch, capsys):
     ]
     assert [r["policy"] for r in rows[:2]] == ["mixed_bfloat16", "mixed_bfloat16"]  # after clear_session too
     assert rows[1]["params"] == 629_514 and rows[1]["infer"] > 0 and rows[1]["train"] > 0
+    assert (rows[0]["batch"], rows[0]["repeats"]) == (2, 1) and rows[0]["host"] == script.host()
     assert "flash_attention=True" in rows[2]["error"] and "\x1b" not in rows[2]["error"]
+
+
+def test_saved_rows_are_recorded_with_the_workers_settings(script, tmp_path):
+    """Rows rendered later (`--rows`, on another machine) keep the batch, repeats and
+    machine they were measured with, not the rendering command's defaults."""
+    row = dict(kind="speed", backend="jax", device="NVIDIA H100 80GB HBM3", peak=989.4, model="m",
+               policy="mixed_bfloat16", depth=None, params=1, flops=1e9, peak_mb=1.0, infer=0.5, infer_timm=None,
+               train=1.0, train_timm=None, batch=64, repeats=7, host="x86_64, 16 cores")
+    rows = tmp_path / "jax.rows"
+    rows.write_text("noise\nROW" + json.dumps(row) + "\n")
+    results = tmp_path / "RESULTS.md"
+    script.main(["--rows", str(rows), "--results", str(results)])
+    text = results.read_text()
+    assert "## GPU throughput (NVIDIA H100 80GB HBM3)" in text and "Machine: x86_64, 16 cores." in text
+    assert "batch 64," in text and "medians of 7 alternating runs" in text
+    assert "| 128 | – |" in text  # 64 images in 0.5 s, not the default batch's 256 / 0.5
+    assert script.recorded([row, dict(row, repeats=15)], "repeats", 3) == "7 / 15"
+    assert script.recorded([dict(kind="flash")], "repeats", 3) == 3
