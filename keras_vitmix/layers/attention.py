@@ -4,10 +4,10 @@ Vaswani et al., "Attention Is All You Need", NeurIPS 2017
 (https://arxiv.org/abs/1706.03762): softmax(Q K^T / sqrt(d)) V, computed per head.
 Without scores the layer calls `keras.ops.dot_product_attention`, which dispatches to
 each backend's fused kernel (flash attention where available; `flash_attention=` chooses),
-except on the CPU: under JAX plain self-attention multiplies with heads first (faster
+except: under JAX on the CPU plain self-attention multiplies with heads first (faster
 there, see `_heads_first_attention`), and under torch it hands strided views to torch's
-kernel without Keras's copies (`_torch_attention`). With scores it computes the softmax
-explicitly in float32 so the maps can be inspected. All paths agree.
+kernel without Keras's copies and checks (`_torch_attention`). With scores it computes
+the softmax explicitly in float32 so the maps can be inspected. All paths agree.
 """
 
 import keras
@@ -17,7 +17,7 @@ from keras_vitmix.layers._checks import check_positive_int, check_rate
 from keras_vitmix.layers._platform import call_sublayer as _sub
 from keras_vitmix.layers._platform import cpu_threads as _cpu_threads
 from keras_vitmix.layers._platform import jax_on_cpu as _jax_on_cpu
-from keras_vitmix.layers._platform import torch_on_cpu as _torch_on_cpu
+from keras_vitmix.layers._platform import torch_tensor as _torch_tensor
 from keras_vitmix.layers.linear import Dense
 
 
@@ -142,7 +142,7 @@ class MultiHeadSelfAttention(keras.layers.Layer):
             flash = keras.config.is_flash_attention_enabled()  # None (where possible) or False
         if plain and flash is not True and _jax_on_cpu():
             return self._heads_first_attention(inputs, scale)
-        if plain and flash is not True and _torch_on_cpu(inputs):
+        if plain and flash is not True and _torch_tensor(inputs):
             return self._torch_attention(inputs, scale)
         q, k, v = self._split_heads(inputs)
         if return_attention_scores or dropout_active:
@@ -160,15 +160,21 @@ class MultiHeadSelfAttention(keras.layers.Layer):
         return (outputs, scores) if return_attention_scores else outputs
 
     def _torch_attention(self, inputs, scale):
-        """Plain self-attention under torch on the CPU, as timm computes it: Q, K and V are
-        strided views of the projection, permuted to (B, H, N, d), and go to
+        """Plain self-attention under torch, as timm computes it: Q, K and V are strided
+        views of the projection, permuted to (B, H, N, d), and go to
         `torch.nn.functional.scaled_dot_product_attention` as they are. Keras's
         `dot_product_attention` (what the other path calls) transposes them to that
         layout and copies each into contiguous memory, and its output comes back as a
         strided (B, N, H, d) view. Here the kernel reads the strided views, and its output
         is copied once, by the final reshape. The same kernel computes the same values.
         Before, ViT-Ti's inference at batch 1 made 48 more copies than timm's, and the
-        Keras op's checks and casts ran in Python at every call."""
+        Keras op's checks and casts ran in Python at every call.
+
+        On a GPU, torch picks the kernel itself (flash attention first where the inputs
+        allow it), as Keras's op does with `flash_attention=None`; only
+        `flash_attention=True` goes through Keras's op, which says why when no flash
+        kernel can run. The route was measured on the CPU; on a GPU it removes the same
+        copies and checks, but no GPU timing was taken of it."""
         import torch
 
         qkv = _sub(self.qkv, inputs)

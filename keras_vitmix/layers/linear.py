@@ -21,6 +21,8 @@ computation. The variables and results are Keras's `Dense`'s.
 import keras
 from keras import ops
 
+from keras_vitmix.layers._platform import torch_variable_value as _value
+
 
 @keras.saving.register_keras_serializable(package="keras_vitmix")
 class Dense(keras.layers.Dense):
@@ -41,10 +43,11 @@ class Dense(keras.layers.Dense):
             return self._flat_call(inputs, training)
         import torch
 
-        # A variable's `value` is already autocast to the policy's compute dtype;
+        # A variable's value is already autocast to the policy's compute dtype;
         # `ops.cast` would re-check dtypes at every call (a fifth of the work around a
         # small matrix product).
-        kernel, bias = self.kernel.value, None if self.bias is None else self.bias.value
+        kernel = _value(self.kernel)
+        bias = None if self.bias is None else _value(self.bias)
         if kernel.dtype != inputs.dtype:
             kernel = kernel.to(inputs.dtype)
             bias = None if bias is None else bias.to(inputs.dtype)

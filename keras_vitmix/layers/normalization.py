@@ -39,6 +39,9 @@ import keras
 from keras import ops
 
 from keras_vitmix.layers._platform import jax_on_cpu as _jax_on_cpu
+from keras_vitmix.layers._platform import torch_variable_value as _value
+
+_FLOATS = ("float16", "bfloat16", "float32")  # the dtypes LayerNormalization's torch route takes
 
 
 @keras.saving.register_keras_serializable(package="keras_vitmix")
@@ -114,7 +117,7 @@ class LayerNormalization(keras.layers.LayerNormalization):
             if keras.backend.backend() == "torch":
                 if not self._trailing_axes(inputs):
                     return self._moments_call(inputs)
-                if self._plain_float32(inputs):
+                if self._direct_torch(inputs):
                     return self._torch_layer_norm(inputs)
             return super().call(inputs)
         compute_dtype = keras.backend.result_type(inputs.dtype, "float32")  # as Keras
@@ -130,25 +133,30 @@ class LayerNormalization(keras.layers.LayerNormalization):
         rank = len(inputs.shape)
         return sorted(axis % rank for axis in self.axis) == list(range(rank - len(self.axis), rank))
 
-    def _plain_float32(self, inputs):
+    def _direct_torch(self, inputs):
         return (
             not self.rms_scaling
-            and keras.backend.standardize_dtype(inputs.dtype) == "float32"
-            and self.compute_dtype == self.variable_dtype == "float32"
+            and self.variable_dtype == "float32"
+            and self.compute_dtype in _FLOATS
+            and str(inputs.dtype).removeprefix("torch.") in _FLOATS
         )
 
     def _torch_layer_norm(self, inputs):
         """`torch.nn.functional.layer_norm`, which Keras's layer also ends in under torch
-        for trailing axes, without the dtype conversions around it. For float32 inputs and
-        variables those are no-ops, but they took two thirds of a call's 75 us (ViT-Ti at
-        batch 1 makes 25 such calls)."""
+        for trailing axes, with the same dtype steps done as plain tensor casts: a
+        half-precision input is normalized in float32 (the float32 variables unchanged) and
+        the result cast back to the input's dtype, then to the layer's compute dtype.
+        Keras's checks around those steps took two thirds of a float32 call's 75 us (ViT-Ti
+        makes 25 calls per image batch), and more under a mixed policy."""
         import torch
 
         rank = len(inputs.shape)
         shape = tuple(inputs.shape[axis] for axis in sorted(axis % rank for axis in self.axis))
-        gamma = None if self.gamma is None else self.gamma.value
-        beta = None if self.beta is None else self.beta.value
-        return torch.nn.functional.layer_norm(inputs, shape, gamma, beta, self.epsilon)
+        gamma = None if self.gamma is None else _value(self.gamma)
+        beta = None if self.beta is None else _value(self.beta)
+        x = inputs if inputs.dtype == torch.float32 else inputs.float()
+        outputs = torch.nn.functional.layer_norm(x, shape, gamma, beta, self.epsilon)
+        return outputs.to(inputs.dtype).to(getattr(torch, self.compute_dtype))  # each a no-op when equal
 
     def _moments_call(self, inputs):
         """Keras's computation with moments. Keras's torch backend passes any contiguous

@@ -291,7 +291,7 @@ def _on_accelerator():
 
 @pytest.mark.skipif(keras.backend.backend() != "torch", reason="the route calls torch directly")
 def test_torch_route_matches_numpy_and_the_keras_op_with_gradients(monkeypatch):
-    """torch's CPU route (strided views straight into scaled_dot_product_attention)
+    """torch's route (strided views straight into scaled_dot_product_attention)
     gives the reference's values, and the Keras op's outputs and input gradients."""
     from keras_vitmix.layers import attention
 
@@ -306,14 +306,15 @@ def test_torch_route_matches_numpy_and_the_keras_op_with_gradients(monkeypatch):
     results = []
     for route in (True, False):
         if not route:
-            monkeypatch.setattr(attention, "_torch_on_cpu", lambda tensor: False)
+            monkeypatch.setattr(attention, "_torch_tensor", lambda tensor: False)
         results.append((lc.to_numpy(layer(x)), input_gradient(lambda t: keras.ops.sum(layer(t) * dy), x)))
     np.testing.assert_allclose(results[0][0], results[1][0], atol=1e-6)
     np.testing.assert_allclose(results[0][1], results[1][1], atol=1e-5)
 
 
-def test_plain_calls_take_the_torch_route_under_torch_on_cpu(monkeypatch):
-    """Only a plain call (no mask, scores or active dropout) of a CPU tensor under torch."""
+def test_plain_calls_take_the_torch_route_under_torch(monkeypatch):
+    """Only a plain call (no mask, scores or active dropout) of a torch tensor with data
+    (not the "meta" tensors of Keras's shape inference) under torch."""
     from keras_vitmix.layers import attention
 
     taken = []
@@ -324,10 +325,14 @@ def test_plain_calls_take_the_torch_route_under_torch_on_cpu(monkeypatch):
     layer(x)
     layer(x, attention_mask=padding_mask())
     layer(x, return_attention_scores=True)
-    torch_cpu = keras.backend.backend() == "torch" and str(x.device) == "cpu"
-    assert attention._torch_on_cpu(x) == torch_cpu
-    assert not attention._torch_on_cpu(lc.random_array(SHAPE))  # a NumPy array is not a torch tensor
-    assert taken == ([1] if torch_cpu else [])
+    under_torch = keras.backend.backend() == "torch"
+    assert attention._torch_tensor(x) == under_torch
+    assert not attention._torch_tensor(lc.random_array(SHAPE))  # a NumPy array is not a torch tensor
+    if under_torch:
+        import torch
+
+        assert not attention._torch_tensor(torch.empty(SHAPE, device="meta"))
+    assert taken == ([1] if under_torch else [])
 
 
 @pytest.mark.parametrize("flash", [None, False])

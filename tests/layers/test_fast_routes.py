@@ -484,3 +484,35 @@ def test_layer_norm_mixed_precision(policy):
     (out,) = lc.check_mixed_precision(LayerNormalization, dict(epsilon=1e-6), (2, 5, 16), policy)
     layer = keras.layers.LayerNormalization(epsilon=1e-6, dtype=policy)
     np.testing.assert_allclose(out, lc.to_numpy(layer(lc.random_array((2, 5, 16)))).astype("float32"), atol=2e-2)
+
+
+@pytest.mark.parametrize(
+    "policy, input_dtype",
+    [("mixed_bfloat16", "bfloat16"), ("mixed_float16", "float16"), ("float32", "bfloat16"),
+     ("float32", "float16"), ("mixed_bfloat16", "float32"), ("float32", "float32")],
+)
+def test_layer_norm_call_matches_keras_bit_for_bit_in_every_dtype(policy, input_dtype, monkeypatch):
+    """`call` as a model's graph runs it (no `__call__` input cast in front): the same
+    dtype and the same bits as Keras's layer, whatever the input's and the policy's
+    float types. Under torch the result comes from the direct `layer_norm` route, not
+    from Keras's op."""
+    ours = LayerNormalization(epsilon=1e-6, dtype=policy)
+    theirs = keras.layers.LayerNormalization(epsilon=1e-6, dtype=policy)
+    for layer in (ours, theirs):
+        layer.build((2, 5, 16))
+    lc.randomize_weights(ours, seed=21)
+    theirs.set_weights(ours.get_weights())
+    x = keras.ops.cast(lc.random_array((2, 5, 16), seed=22, scale=3.0) + 2.0, input_dtype)
+    expected = theirs.call(x)
+    if keras.backend.backend() == "torch":
+        from keras.src import ops as keras_ops
+
+        def keras_route(*args, **kwargs):
+            raise AssertionError("Keras's layer_normalization op ran")
+
+        monkeypatch.setattr(keras_ops, "layer_normalization", keras_route)
+    got = ours.call(x)
+    assert keras.backend.standardize_dtype(got.dtype) == keras.backend.standardize_dtype(expected.dtype)
+    assert keras.backend.standardize_dtype(got.dtype) == ours.compute_dtype
+    np.testing.assert_array_equal(lc.to_numpy(keras.ops.cast(got, "float32")),
+                                  lc.to_numpy(keras.ops.cast(expected, "float32")))
