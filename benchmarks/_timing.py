@@ -54,15 +54,21 @@ def run_worker(script, backend, arguments):
     return rows
 
 
+def this_machine():
+    """This machine, as the results file names it."""
+    import platform
+
+    return f"{platform.machine()}, {os.cpu_count()} cores"
+
+
 def append_section(results, title, script, argv, preamble, tables, machine=None):
     """Appends `## title — date`, the machine, the exact command, `preamble` and the
     tables to the results file (benchmarks/RESULTS.md), and says so. `machine`: where
     the numbers were measured, if not on this machine (rows rendered later)."""
     import datetime
-    import platform
 
     command = f"python benchmarks/{os.path.basename(script)} " + " ".join(argv)
-    machine = machine or f"{platform.machine()}, {os.cpu_count()} cores"
+    machine = machine or this_machine()
     with open(results, "a") as handle:
         handle.write(
             f"\n## {title} — {datetime.date.today()}\n\n"

@@ -35,7 +35,7 @@ import statistics
 import sys
 from pathlib import Path
 
-from _timing import alternate, append_section, emit, median_ratio, run_backends  # benchmarks/ is the script's folder
+from _timing import alternate, append_section, emit, median_ratio, run_backends, this_machine  # benchmarks/ is the script's folder
 
 REPO = Path(__file__).resolve().parents[1]
 # Our registered name: (timm's or None where timm has none, overrides of both sides' depth).
@@ -226,7 +226,7 @@ def measure(name, args, device, peak):
         fn()
     row = dict(kind="speed", backend=keras.backend.backend(), device=device, peak=peak, model=name,
                policy=model.dtype_policy.name, depth=overrides.get("num_layers"), params=model.count_params(), flops=count_flops(model)["flops"],
-               peak_mb=peak_gpu_mb(), batch=args.batch_size, repeats=args.repeats, host=host())
+               peak_mb=peak_gpu_mb(), batch=args.batch_size, repeats=args.repeats, host=this_machine())
     timm_fns = timm_runners(timm_name, overrides, args.batch_size, model.input_shape[1]) if timm_name else {}
     for task in ("infer", "train"):
         times = alternate({"ours": ours[task], **({"timm": timm_fns[task]} if timm_fns else {})}, args.repeats)
@@ -252,13 +252,6 @@ def release():
         import jax
 
         jax.clear_caches()
-
-
-def host():
-    """The machine a worker ran on, as the results file names it."""
-    import platform
-
-    return f"{platform.machine()}, {os.cpu_count()} cores"
 
 
 def recorded(rows, key, default):
@@ -297,8 +290,8 @@ def format_tables(rows, batch):
         return f"{value:.2f}×" if value is not None else "–"
 
     for r in speed:
-        batch = r.get("batch", batch)  # the batch the worker ran at, where its row says
-        infer_rate, train_rate = batch / r["infer"], batch / r["train"]
+        images = r.get("batch", batch)  # the batch the worker ran at, where its row says
+        infer_rate, train_rate = images / r["infer"], images / r["train"]
         depth = f" (depth {r['depth']})" if r.get("depth") else ""
         def share(rate, factor):
             return f"{100 * rate * factor * r['flops'] / (r['peak'] * 1e12):.1f}%" if r["peak"] else "–"

@@ -60,7 +60,7 @@ def test_worker_keeps_the_policy_across_models(script, monkeypatch, capsys):
     ]
     assert [r["policy"] for r in rows[:2]] == ["mixed_bfloat16", "mixed_bfloat16"]  # after clear_session too
     assert rows[1]["params"] == 629_514 and rows[1]["infer"] > 0 and rows[1]["train"] > 0
-    assert (rows[0]["batch"], rows[0]["repeats"]) == (2, 1) and rows[0]["host"] == script.host()
+    assert (rows[0]["batch"], rows[0]["repeats"]) == (2, 1) and rows[0]["host"] == script.this_machine()
     assert "flash_attention=True" in rows[2]["error"] and "\x1b" not in rows[2]["error"]
 
 
@@ -80,3 +80,11 @@ def test_saved_rows_are_recorded_with_the_workers_settings(script, tmp_path):
     assert "| 128 | – |" in text  # 64 images in 0.5 s, not the default batch's 256 / 0.5
     assert script.recorded([row, dict(row, repeats=15)], "repeats", 3) == "7 / 15"
     assert script.recorded([dict(kind="flash")], "repeats", 3) == 3
+
+
+def test_rows_without_a_batch_use_the_default_after_rows_with_one(script):
+    old = dict(kind="speed", backend="jax", device="d", peak=None, model="old", policy="float32", depth=None,
+               params=1, flops=1e9, peak_mb=1.0, infer=0.5, infer_timm=None, train=1.0, train_timm=None)
+    new = dict(old, model="new", batch=64)
+    (table,) = script.format_tables([new, old], batch=100)
+    assert [line.split(" | ")[5] for line in table.splitlines()[2:]] == ["128", "200"]  # 64 / 0.5, 100 / 0.5

@@ -158,10 +158,8 @@ def torch_variable_value(variable):
 
 
 def _torch_dtypes():
-    try:
-        import torch
-    except ImportError:
-        return {}
+    import torch
+
     return {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32, "float64": torch.float64}
 
 
