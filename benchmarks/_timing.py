@@ -55,10 +55,37 @@ def run_worker(script, backend, arguments):
 
 
 def this_machine():
-    """This machine, as the results file names it."""
+    """This machine, as the results file names it: architecture, cores and, on Linux,
+    the CPU's model and widest vector instructions (XLA's and oneDNN's kernels differ
+    most between AVX2 and AVX-512 machines, which this workplace hands out alike)."""
     import platform
 
-    return f"{platform.machine()}, {os.cpu_count()} cores"
+    described = f"{platform.machine()}, {os.cpu_count()} cores"
+    model, flags = cpu_model_and_flags()
+    if model:
+        described += f", {model}"
+    vector = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else None
+    return described + (f" ({vector})" if vector else "")
+
+
+def cpu_model_and_flags(cpuinfo="/proc/cpuinfo"):
+    """(model name, set of flags) of the first CPU in `cpuinfo`; ("", set()) where it
+    cannot be read (not Linux)."""
+    model, flags = "", set()
+    try:
+        with open(cpuinfo) as handle:
+            for line in handle:
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key == "model name" and not model:
+                    model = value.strip()
+                elif key == "flags" and not flags:
+                    flags = set(value.split())
+                if model and flags:
+                    break
+    except OSError:
+        pass
+    return model, flags
 
 
 def append_section(results, title, script, argv, preamble, tables, machine=None):
