@@ -1,6 +1,6 @@
 """benchmarks/_timing.py: how a results section names the machine it ran on."""
 
-from benchmark_utils import benchmark_script
+from tests.benchmark_utils import benchmark_script
 
 CPUINFO = """processor\t: 0
 vendor_id\t: AuthenticAMD
