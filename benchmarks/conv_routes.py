@@ -74,6 +74,7 @@ def keras_routes(enabled):
 
     switches = [
         (Conv2D, "_matmul_applies"),
+        (Conv2D, "_torch_applies"),
         (DepthwiseConv2D, "_shifted_applies"),
         (DepthwiseConv2D, "_torch_applies"),
         (BatchNormalization, "_fused_applies"),

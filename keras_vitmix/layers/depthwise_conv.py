@@ -36,14 +36,8 @@ import keras
 from keras import ops
 
 from keras_vitmix.layers._platform import jax_on_cpu as _jax_on_cpu  # tests patch this name
-
-
-def _pads(kernel_size, padding):
-    """(before, after) padding at stride 1: TensorFlow's and Keras's for "same", none for "valid"."""
-    if padding != "same":
-        return 0, 0
-    before = (kernel_size - 1) // 2
-    return before, kernel_size - 1 - before
+from keras_vitmix.layers.conv import same_pads as _pads
+from keras_vitmix.layers.conv import torch_conv2d, torch_conv2d_applies
 
 
 def shifted_depthwise_conv(inputs, kernel, padding="same"):
@@ -213,43 +207,16 @@ class DepthwiseConv2D(keras.layers.DepthwiseConv2D):
             and (_jax_on_cpu() or _tf_xla_on_cpu())
         )
 
-    def _torch_applies(self):
-        return (
-            keras.backend.backend() == "torch"
-            and self.data_format == "channels_last"
-            and (self.padding == "valid" or tuple(self.strides) == (1, 1))
-        )
-
-    def _torch_call(self, inputs):
-        """One grouped `conv2d` on a channels-last view (see the module docstring)."""
-        import torch
-
-        kh, kw, channels, multiplier = self.kernel.shape
-        kernel = ops.cast(self.kernel, inputs.dtype)
-        kernel = torch.reshape(kernel, (kh, kw, 1, channels * multiplier)).permute(3, 2, 0, 1)
-        bias = ops.cast(self.bias, inputs.dtype) if self.use_bias else None
-        inputs = inputs.permute(0, 3, 1, 2)
-        dh, dw = self.dilation_rate
-        (top, bottom), (left, right) = _pads((kh - 1) * dh + 1, self.padding), _pads((kw - 1) * dw + 1, self.padding)
-        if (top, left) != (bottom, right):  # an even kernel: TensorFlow's "same" pads more after
-            inputs = torch.nn.functional.pad(inputs, (left, right, top, bottom))
-            top = left = 0
-        outputs = torch.nn.functional.conv2d(
-            inputs,
-            kernel,
-            bias,
-            stride=tuple(self.strides),
-            padding=(top, left),
-            dilation=tuple(self.dilation_rate),
-            groups=channels,
-        ).permute(0, 2, 3, 1)
-        if self.activation is not None:
-            outputs = self.activation(outputs)
-        return outputs
+    def _torch_applies(self, inputs):
+        return torch_conv2d_applies(self, inputs)
 
     def call(self, inputs):
-        if self._torch_applies():
-            return self._torch_call(inputs)
+        if self._torch_applies(inputs):  # one grouped `conv2d` (see the module docstring)
+            kh, kw, channels, multiplier = self.kernel.shape
+            kernel = ops.reshape(ops.cast(self.kernel, inputs.dtype), (kh, kw, 1, channels * multiplier))
+            bias = ops.cast(self.bias, inputs.dtype) if self.use_bias else None
+            outputs = torch_conv2d(inputs, kernel, bias, self.strides, self.padding, self.dilation_rate, channels)
+            return outputs if self.activation is None else self.activation(outputs)
         if not self._shifted_applies(inputs):
             return super().call(inputs)
         kernel = ops.cast(self.kernel, inputs.dtype)

@@ -81,7 +81,7 @@ def test_depthwise_matches_keras_values_and_gradients(kwargs, native):
     layer, backend = ours.get_layer("conv"), keras.backend.backend()
     assert layer._shifted_applies(keras.KerasTensor(shape)) == (backend == "jax" and native)
     strided_same = kwargs["padding"] == "same" and kwargs.get("strides", 1) != 1
-    assert layer._torch_applies() == (backend == "torch" and not strided_same)
+    assert layer._torch_applies(keras.ops.zeros(shape)) == (backend == "torch" and not strided_same)
     _check_twins(ours, theirs, shape)
 
 
@@ -97,9 +97,23 @@ def test_depthwise_matches_keras_values_and_gradients(kwargs, native):
     ],
 )
 def test_conv2d_matches_keras_values_and_gradients(kwargs, input_shape, matmul):
+    """`matmul`: where TensorFlow and JAX multiply patches; under torch every one of these
+    is one channels-last `conv2d` (stride 1 or "valid" padding)."""
     ours, theirs = _twins(Conv2D, keras.layers.Conv2D, kwargs, input_shape)
-    assert ours.get_layer("conv")._matmul_applies(keras.KerasTensor(input_shape)) is matmul
+    layer = ours.get_layer("conv")
+    assert layer._matmul_applies(keras.KerasTensor(input_shape)) is matmul
+    assert layer._torch_applies(keras.ops.zeros(input_shape)) is (keras.backend.backend() == "torch")
+    assert not layer._torch_applies(keras.KerasTensor(input_shape))  # shape inference: Keras's
     _check_twins(ours, theirs, input_shape)
+
+
+def test_conv2d_torch_route_keeps_keras_for_strided_same_padding():
+    """TensorFlow's "same" padding at a stride depends on the input size; PyTorch's
+    convolution has no such padding, so Keras computes it (on every backend)."""
+    kwargs, shape = dict(filters=4, kernel_size=3, strides=2, padding="same"), (2, 7, 7, 3)
+    ours, theirs = _twins(Conv2D, keras.layers.Conv2D, kwargs, shape)
+    assert not ours.get_layer("conv")._torch_applies(keras.ops.zeros(shape))
+    _check_twins(ours, theirs, shape)
 
 
 @pytest.mark.parametrize("policy", lc.MIXED_POLICIES)
