@@ -85,7 +85,10 @@ def _jax_shifted_depthwise(padding):
     7x7, 768-channel ConvMixer out of 24 GiB. Here the backward pass is written by hand and
     keeps only the input and the kernel: the input gradient is the same sum over the padded
     output gradient with the kernel flipped, the kernel gradient one reduction per tap
-    (a `fori_loop`, so one product is alive at a time). The forward sums are unrolled,
+    (a `fori_loop`, so one product is alive at a time). The taps read the batch in chunks
+    that fit in the cache (`_samples_per_chunk`): at ConvMixer-768's (32, 32, 32, 768)
+    with a 7x7 kernel, two samples at a time, the kernel gradient took 246 ms against 514
+    ms over the whole batch (AVX-512 EPYC, 2 cores). The forward sums are unrolled,
     which XLA fuses into one pass: on (32, 32, 32, 768) with a 7x7 kernel, 281 ms against
     543 ms as a `fori_loop` over the taps, at the same 1.0 GB peak.
     """
@@ -105,18 +108,38 @@ def _jax_shifted_depthwise(padding):
         (top, bottom), (left, right) = _pads(kh, padding), _pads(kw, padding)
         grad_x = _input_gradient(grad, kernel, padding)
         padded = jnp.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)))
+        batch = grad.shape[0]
+        per_sample = (padded[0].size + grad[0].size) * padded.dtype.itemsize
+        rows = _samples_per_chunk(batch, per_sample) if isinstance(batch, int) else batch
 
-        def tap(index, grad_kernel):
-            i, j = index // kw, index % kw
-            window = jax.lax.dynamic_slice(padded, (0, i, j, 0), grad.shape)
-            total = jnp.sum((window * grad).astype("float32"), axis=(0, 1, 2))
-            return grad_kernel.at[i, j, :, 0].set(total)
+        def chunk(n, grad_kernel):
+            xs = jax.lax.dynamic_slice_in_dim(padded, n * rows, rows, axis=0)
+            gs = jax.lax.dynamic_slice_in_dim(grad, n * rows, rows, axis=0)
 
-        grad_kernel = jax.lax.fori_loop(0, kh * kw, tap, jnp.zeros(kernel.shape, "float32"))
+            def tap(index, grad_kernel):
+                i, j = index // kw, index % kw
+                window = jax.lax.dynamic_slice(xs, (0, i, j, 0), gs.shape)
+                total = jnp.sum((window * gs).astype("float32"), axis=(0, 1, 2))
+                return grad_kernel.at[i, j, :, 0].add(total)
+
+            return jax.lax.fori_loop(0, kh * kw, tap, grad_kernel)
+
+        grad_kernel = jax.lax.fori_loop(0, batch // rows, chunk, jnp.zeros(kernel.shape, "float32"))
         return grad_x.astype(x.dtype), grad_kernel.astype(kernel.dtype)
 
     conv.defvjp(conv_forward, conv_backward)
     return conv
+
+
+_CHUNK_BYTES = 16 * 2**20  # half the L3 cache of the 2-core EPYC this was measured on
+
+
+def _samples_per_chunk(batch, bytes_per_sample):
+    """The largest divisor of `batch` whose samples' padded input and output gradient fit
+    in `_CHUNK_BYTES` (at least 1): the kernel gradient's kh * kw reductions run over
+    one such chunk at a time, so that they read it from the cache, not from memory."""
+    fitting = max(1, _CHUNK_BYTES // max(1, bytes_per_sample))
+    return max(d for d in range(1, min(batch, fitting) + 1) if batch % d == 0)
 
 
 def _tf_shifted_depthwise(x, kernel, padding):

@@ -139,6 +139,28 @@ def test_shifted_route_is_cpu_jax_only(monkeypatch):
     assert not DepthwiseConv2D(3, depth_multiplier=2, padding="same")._shifted_applies(shape)
 
 
+def test_samples_per_chunk_is_the_largest_fitting_divisor(monkeypatch):
+    monkeypatch.setattr(depthwise_conv, "_CHUNK_BYTES", 100)
+    chunk = depthwise_conv._samples_per_chunk
+    assert [chunk(32, 30), chunk(32, 25), chunk(31, 10), chunk(12, 40), chunk(5, 500), chunk(8, 1)] == [2, 4, 1, 2, 1, 8]
+
+
+@pytest.mark.skipif(keras.backend.backend() != "jax", reason="the chunked kernel gradient is JAX's route")
+@pytest.mark.parametrize("padding", ["same", "valid"])
+def test_jax_kernel_gradient_in_chunks_matches_keras(monkeypatch, padding):
+    """With a cache budget of one sample, the kernel gradient adds up three chunks of one
+    sample each; it must equal Keras's (and the input gradient stay the same)."""
+    shape, kwargs = (3, 7, 6, 5), dict(kernel_size=(3, 4), padding=padding, activation="gelu")
+    ours, theirs = _twins(DepthwiseConv2D, keras.layers.DepthwiseConv2D, kwargs, shape)
+    per_sample = 4 * 5 * ((7 + 2) * (6 + 3) + 7 * 6 if padding == "same" else 7 * 6 + 5 * 3)
+    monkeypatch.setattr(depthwise_conv, "_CHUNK_BYTES", per_sample)
+    assert depthwise_conv._samples_per_chunk(3, per_sample) == 1
+    _check_twins(ours, theirs, shape)
+    x = lc.random_array(shape, seed=4)
+    squared = [lambda v, m=m: keras.ops.sum(m(v) ** 2) for m in (ours, theirs)]
+    np.testing.assert_allclose(input_gradient(squared[0], x), input_gradient(squared[1], x), atol=2e-5, rtol=1e-4)
+
+
 @pytest.mark.parametrize(
     "kwargs",
     [dict(kernel_size=5, padding="same", activation="gelu"), dict(kernel_size=4, padding="same"),
