@@ -8,7 +8,11 @@ out made ViT-Ti's training step 1.2-1.5x slower). Keeping YNNPACK for reductions
 made ViT-Ti's predict step 0.90x and its training step 0.84x of the defaults' time
 (benchmarks/xla_options.py; benchmarks/RESULTS.md, "XLA:CPU: matrix products outside
 YNNPACK"); the other registered families moved by 0.91-1.05x, within run-to-run noise
-or faster.
+or faster. On an AVX-512 machine (AMD EPYC, 2026-11-24) YNNPACK's products caught up:
+there the options took 0.88-1.01x of the defaults' inference time and 0.95-1.11x of
+their training step, by model (ViT-Ti's step 1.03-1.06x, ConvMixer's 0.95-0.96x), over
+three runs. Neither choice wins on both machines for every model, and the AVX2 machine's
+gain is the larger, so the options stay the same on every CPU.
 
 `Application` compiles its steps with `JAX_CPU_COMPILER_OPTIONS` unless its
 `jax_cpu_compiler_options` attribute says otherwise; `{}` restores XLA's defaults. The
