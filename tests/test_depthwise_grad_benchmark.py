@@ -28,7 +28,7 @@ def test_every_form_computes_the_kernel_gradient(script):
     expected = kernel_gradient(x.astype("float64"), g.astype("float64"), 3)
     forms = {**script.tensorflow_forms(x, g, 3), **script.jax_forms(x, g, 3)}
     checked = [name for name in forms if "input gradient" not in name]
-    assert len(checked) == 6
+    assert len(checked) == 7
     for name in checked:
         np.testing.assert_allclose(np.asarray(forms[name]()), expected, rtol=1e-4, atol=1e-4, err_msg=name)
 
@@ -36,5 +36,5 @@ def test_every_form_computes_the_kernel_gradient(script):
 def test_prints_one_row_per_form(script, capsys):
     script.main(["--shape", "2", "4", "4", "3", "--kernel-size", "3", "--repeats", "1", "--no-record"])
     lines = [l for l in capsys.readouterr().out.splitlines() if l.startswith("| ")]
-    assert len(lines) == 1 + 7  # header + seven forms
-    assert any(l.startswith("| JAX, fori_loop (the layer) |") and l.endswith("| 1.00× |") for l in lines)
+    assert len(lines) == 1 + 8  # header + eight forms
+    assert any(l.startswith("| JAX, fori_loop |") and l.endswith("| 1.00× |") for l in lines)

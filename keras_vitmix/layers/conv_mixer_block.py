@@ -71,7 +71,7 @@ class ConvMixerBlock(keras.layers.Layer):
         self.input_spec = keras.InputSpec(ndim=4, axes={-1: input_shape[-1]})
 
     def call(self, inputs, training=None):
-        x = inputs + _sub(self.depthwise_norm, _sub(self.depthwise, inputs), training=training)
+        x = inputs + _sub(self.depthwise_norm, _sub(self.depthwise, inputs, training=training), training=training)
         return _sub(self.pointwise_norm, _sub(self.pointwise, x), training=training)
 
     def compute_output_shape(self, input_shape):

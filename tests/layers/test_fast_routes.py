@@ -161,6 +161,18 @@ def test_jax_kernel_gradient_in_chunks_matches_keras(monkeypatch, padding):
     np.testing.assert_allclose(input_gradient(squared[0], x), input_gradient(squared[1], x), atol=2e-5, rtol=1e-4)
 
 
+def _depthwise_twins_and_input(kwargs, shape):
+    """Our DepthwiseConv2D and Keras's, built with the same random weights, and an input (TensorFlow)."""
+    import tensorflow as tf
+
+    ours, theirs = DepthwiseConv2D(**kwargs), keras.layers.DepthwiseConv2D(**kwargs)
+    for layer in (ours, theirs):
+        layer.build(shape)
+    ours.set_weights([lc.random_array(w.shape, seed=i) for i, w in enumerate(ours.get_weights())])
+    theirs.set_weights(ours.get_weights())
+    return ours, theirs, tf.constant(lc.random_array(shape, seed=4))
+
+
 @pytest.mark.parametrize(
     "kwargs",
     [dict(kernel_size=5, padding="same", activation="gelu"), dict(kernel_size=4, padding="same"),
@@ -175,12 +187,7 @@ def test_tensorflow_takes_the_shifted_route_under_xla_only(kwargs):
     import tensorflow as tf
 
     shape = (2, 8, 8, 6)
-    ours, theirs = DepthwiseConv2D(**kwargs), keras.layers.DepthwiseConv2D(**kwargs)
-    for layer in (ours, theirs):
-        layer.build(shape)
-    ours.set_weights([lc.random_array(w.shape, seed=i) for i, w in enumerate(ours.get_weights())])
-    theirs.set_weights(ours.get_weights())
-    x = tf.constant(lc.random_array(shape, seed=4))
+    ours, theirs, x = _depthwise_twins_and_input(kwargs, shape)
     routes = []
 
     def values_and_gradients(layer):
@@ -196,6 +203,37 @@ def test_tensorflow_takes_the_shifted_route_under_xla_only(kwargs):
     assert routes == [True, False]
     for a, b in zip(got, expected):
         np.testing.assert_allclose(a.numpy(), b.numpy(), atol=2e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("padding, batch, training", [("same", None, True), ("valid", 3, True), ("same", 3, False)])
+def test_tensorflow_xla_gradients_in_sample_chunks_and_column_blocks(monkeypatch, padding, batch, training):
+    """Under TF+XLA the kernel gradient is Gram products over blocks of columns and chunks
+    of samples: with 4-column blocks (10 columns: three blocks, one partial) and one
+    sample per chunk (from a one-sample cache budget, or a batch size unknown while
+    tracing), the values and gradients must equal Keras's, in training (the forward sum
+    in its one-trip loop) and out of it."""
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("the TF+XLA route exists under TensorFlow only")
+    import tensorflow as tf
+
+    shape, kwargs = (3, 7, 10, 5), dict(kernel_size=(3, 4), padding=padding, activation="relu")
+    monkeypatch.setattr(depthwise_conv, "_GRAM_COLUMNS", 4)
+    monkeypatch.setattr(depthwise_conv, "_CHUNK_BYTES", 1)
+    ours, theirs, x = _depthwise_twins_and_input(kwargs, shape)
+
+    def values_and_gradients(layer, x):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = layer(x, training=training)
+            loss = tf.reduce_sum(tf.sin(y) * y)
+        return [y, *tape.gradient(loss, [x, *layer.trainable_weights])]
+
+    signature = [tf.TensorSpec((batch, *shape[1:]))]
+    got = tf.function(lambda x: values_and_gradients(ours, x), jit_compile=True, input_signature=signature)(x)
+    expected = values_and_gradients(theirs, x)  # eager: Keras's own kernel
+    assert depthwise_conv._samples_per_chunk(3, 4 * 5 * 9 * 13) == 1
+    for a, b in zip(got, expected, strict=True):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), atol=3e-5, rtol=1e-4)
 
 
 def test_tensorflow_xla_kernel_gradient_keeps_a_nan():
