@@ -83,10 +83,11 @@ class Conv2D(keras.layers.Conv2D):
     """`keras.layers.Conv2D`, as reshape + matmul when the kernel tiles the image, and as
     one channels-last `conv2d` under torch.
 
-    The matrix product applies (TensorFlow, JAX) when kernel size == strides (a 1x1 kernel included), "valid" padding, no
-    dilation, one group, channels last, a static spatial shape divisible by the kernel,
-    and kh * kw * C_in >= 64; otherwise `keras.layers.Conv2D` unchanged. Same
-    arguments, variables and results (see the module docstring).
+    The matrix product applies (TensorFlow, JAX) when kernel size == strides (a 1x1
+    kernel included), "valid" padding, no dilation, one group, channels last, a static
+    spatial shape divisible by the kernel, and kh * kw * C_in >= 64; otherwise
+    `keras.layers.Conv2D` unchanged. Same arguments, variables and results (see the
+    module docstring).
 
     Example:
 

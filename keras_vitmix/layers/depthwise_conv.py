@@ -10,7 +10,8 @@ has a hand-written backward pass, so memory stays at Keras's level: a ConvMixer-
 kernel, 4 blocks, batch 32, 224 px) training step took 220 s and 3.7 GB with Keras's
 layer, 21 s and 22.5 GB differentiated automatically, 9.6 s and 3.9 GB with the
 hand-written backward pass. ConvMixer spends most of its time there, so this layer takes
-the shifted form where it is faster: the JAX backend on the CPU (and TensorFlow under XLA, below), stride 1, "same" or "valid" padding, no dilation, depth multiplier 1.
+the shifted form where it is faster: the JAX backend on the CPU (and TensorFlow under
+XLA, below), stride 1, "same" or "valid" padding, no dilation, depth multiplier 1.
 
 Under torch, Keras's convolution copies the channels-last input to channels-first, copies
 it back to PyTorch's `channels_last` memory layout, and pads it, on every call. The same
