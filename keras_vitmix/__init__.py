@@ -1,10 +1,9 @@
-"""keras_vitmix: ViT, MLP-Mixer, ConvMixer and their hybrids for Keras 3 (TensorFlow, JAX, PyTorch)."""
+"""keras_vitmix: ViT, MLP-Mixer, ConvMixer and their hybrids for Keras 3 (TensorFlow, JAX, PyTorch).
+
+Importing the package changes nothing process-wide; see `keras_vitmix.config` for the
+switches a program may opt in to.
+"""
 
 __version__ = "0.1.0"
 
-from keras_vitmix import _malloc
-
-# Before any model runs: XLA:CPU's step buffers then reuse freed memory (see _malloc).
-_malloc.tune()
-
-from keras_vitmix import applications, layers, weights  # noqa: E402,F401
+from keras_vitmix import applications, config, layers, weights  # noqa: F401
