@@ -7,7 +7,6 @@ import os
 import keras
 from keras import ops
 
-from keras_vitmix.applications._jax_compile import JAX_CPU_COMPILER_OPTIONS, jax_cpu_compiler_options
 from keras_vitmix.layers import (
     BatchNormalization,
     ConvMixerBlock,
@@ -229,10 +228,6 @@ class Application(keras.Model):
 
     _MODEL_KWARGS = ("dtype", "trainable")
 
-    # XLA options for the train, test and predict steps Keras compiles under JAX on the
-    # CPU (see `_jax_compile`); assign {} on the class or a model for XLA's defaults.
-    jax_cpu_compiler_options = JAX_CPU_COMPILER_OPTIONS
-
     def _finish(self, inputs, outputs, config, weights, name, **kwargs):
         unknown = sorted(set(kwargs) - set(self._MODEL_KWARGS))
         if unknown:
@@ -268,18 +263,6 @@ class Application(keras.Model):
             )
             return outputs[0] if isinstance(outputs, (list, tuple)) and len(outputs) == 1 else outputs
         return super().call(inputs, training=training, mask=mask, **kwargs)
-
-    def make_train_function(self, force=False):
-        with jax_cpu_compiler_options(self.jax_cpu_compiler_options):
-            return super().make_train_function(force)
-
-    def make_test_function(self, force=False):
-        with jax_cpu_compiler_options(self.jax_cpu_compiler_options):
-            return super().make_test_function(force)
-
-    def make_predict_function(self, force=False):
-        with jax_cpu_compiler_options(self.jax_cpu_compiler_options):
-            return super().make_predict_function(force)
 
     def get_compile_config(self):
         # Keras records a backend's own optimizer class (e.g. module
