@@ -1,4 +1,5 @@
-"""Shared by the benchmark scripts: alternating runs, per-run ratios, a worker per backend."""
+"""Shared by the benchmark scripts: alternating runs, per-run ratios, a worker per backend,
+and the results file's sections (one per benchmark, replaced by its next run)."""
 
 import json
 import os
@@ -57,7 +58,7 @@ def run_worker(script, backend, arguments):
 def this_machine():
     """This machine, as the results file names it: architecture, cores and, on Linux,
     the CPU's model and widest vector instructions (XLA's and oneDNN's kernels differ
-    most between AVX2 and AVX-512 machines, which this workplace hands out alike)."""
+    most between AVX2 and AVX-512 machines: docs/performance.md)."""
     import platform
 
     described = f"{platform.machine()}, {os.cpu_count()} cores"
@@ -88,21 +89,55 @@ def cpu_model_and_flags(cpuinfo="/proc/cpuinfo"):
     return model, flags
 
 
-def append_section(results, title, script, argv, preamble, tables, machine=None):
-    """Appends `## title — date`, the machine, the exact command, `preamble` and the
-    tables to the results file (benchmarks/RESULTS.md), and says so. `machine`: where
+def this_commit(repo=None):
+    """The checkout's commit, short, with "+ local changes" where tracked files differ
+    from it; "unknown" outside a git checkout."""
+    repo = repo or os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+    def git(*arguments):
+        return subprocess.run(["git", "-C", repo, *arguments], capture_output=True, text=True, check=True).stdout
+
+    try:
+        commit = git("rev-parse", "--short", "HEAD").strip()
+        changed = git("status", "--porcelain", "--untracked-files=no").strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return commit + (" + local changes" if changed else "")
+
+
+def write_section(results, title, script, argv, preamble, tables, machine=None, commit=None):
+    """Writes `## title`, then the date, machine, commit and exact command, `preamble`
+    and the tables, into the results file (benchmarks/RESULTS.md): in place of the
+    section with the same title, or at the end if it has none. The file holds the
+    current table of each benchmark; earlier runs stay in git history. `machine`: where
     the numbers were measured, if not on this machine (rows rendered later)."""
     import datetime
 
     command = f"python benchmarks/{os.path.basename(script)} " + " ".join(argv)
-    machine = machine or this_machine()
-    with open(results, "a") as handle:
-        handle.write(
-            f"\n## {title} — {datetime.date.today()}\n\n"
-            f"Machine: {machine}. Command: `{command.strip()}`. "
-            f"{preamble}\n\n" + "\n\n".join(tables) + "\n"
-        )
-    print(f"Appended to {results}")
+    section = (
+        f"## {title}\n\n"
+        f"Date: {datetime.date.today()}. Machine: {machine or this_machine()}. "
+        f"Commit: {commit or this_commit()}. Command: `{command.strip()}`.\n\n"
+        f"{preamble}\n\n" + "\n\n".join(tables) + "\n"
+    )
+    text = open(results).read() if os.path.exists(results) else ""
+    with open(results, "w") as handle:
+        handle.write(replace_section(text, title, section))
+    print(f"Wrote the section {title!r} of {results}")
+
+
+def replace_section(text, title, section):
+    """`text` (Markdown) with its `## title` section, up to the next `## ` heading,
+    replaced by `section`; `section` appended where there is no such heading."""
+    lines = text.splitlines(keepends=True)
+    heading = f"## {title}"
+    starts = [i for i, line in enumerate(lines) if line.rstrip() == heading]
+    if not starts:
+        return text.rstrip("\n") + ("\n\n" if text.strip() else "") + section
+    start = starts[0]
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+    after = "".join(lines[end:])
+    return "".join(lines[:start]) + section + ("\n" + after if after else "")
 
 
 def run_backends(script, backends, arguments, show):

@@ -2,8 +2,10 @@
 
 Trains on the CIFAR-10 training JPEGs of ../shared/data (extracted once to a cache
 folder), holding out a seeded 10% of each class as the validation split that is
-reported, and appends a table (accuracy, parameters, epochs, wall time, the command) to
-benchmarks/RESULTS.md. `--per-class` trains on a subset for a CPU budget.
+reported, and writes a table (accuracy, parameters, epochs, wall time, the command) in
+place of the accuracy section of benchmarks/RESULTS.md (`--results` names another file).
+`--per-class` trains on a subset for a CPU budget. The script owns its process and opts
+in to keras_vitmix's allocator tuning (`keras_vitmix.config.tune_malloc()`).
 
 `--pipeline numpy` feeds `model.fit` from NumPy instead of tf.data, for machines without
 TensorFlow (a JAX or PyTorch GPU box): the JPEGs are decoded once with Pillow (cached),
@@ -17,19 +19,18 @@ eighth of the side, a random crop back, a horizontal flip).
 
 import argparse
 import concurrent.futures
-import datetime
 import hashlib
 import json
 import multiprocessing
 import os
 import pathlib
-import platform
 import shutil
 import sys
 import tarfile
 import tempfile
 
 import numpy as np
+from _timing import this_machine, write_section  # benchmarks/ is the script's folder
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 DEFAULT_ARCHIVE = REPO.parent / "shared" / "data" / "cifar10-train-jpeg.tar.gz"
@@ -264,7 +265,7 @@ def train_numpy(name, folder, cache, epochs, batch_size, learning_rate, weight_d
 
 
 def device_name():
-    """The accelerator the backend computes on, or the processor."""
+    """This machine (`_timing.this_machine`), and the accelerator the backend computes on."""
     import keras
 
     backend = keras.backend.backend()
@@ -273,19 +274,19 @@ def device_name():
 
         device = jax.devices()[0]
         if device.platform != "cpu":
-            return device.device_kind
+            return f"{this_machine()}, {device.device_kind}"
     elif backend == "torch":
         import torch
 
         if torch.cuda.is_available():
-            return torch.cuda.get_device_name(0)
+            return f"{this_machine()}, {torch.cuda.get_device_name(0)}"
     elif backend == "tensorflow":
         import tensorflow as tf
 
         gpus = tf.config.list_logical_devices("GPU")
         if gpus:
-            return gpus[0].name
-    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+            return f"{this_machine()}, {gpus[0].name}"
+    return this_machine()
 
 
 def main(argv=None):
@@ -327,8 +328,9 @@ def main(argv=None):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     import keras
 
-    from keras_vitmix import training
+    from keras_vitmix import config, training
 
+    config.tune_malloc()  # before any model runs
     cache = pathlib.Path(args.cache)
     folder = subset(extract(pathlib.Path(args.archive), cache), args.per_class, cache)
     jit = {"auto": "auto", "true": True, "false": False}[args.jit_compile]
@@ -359,7 +361,6 @@ def main(argv=None):
                 mixed_precision=args.mixed_precision, jit_compile=jit, output_dir=output_dir, verbose=2,
             )
         rows.append(metrics)
-    command = "python benchmarks/accuracy.py " + " ".join(argv if argv is not None else sys.argv[1:])
     table = [
         "| model | family | parameters | epochs | train images | validation accuracy | s/epoch | wall |",
         "|---|---|---:|---:|---:|---:|---:|---:|",
@@ -372,22 +373,20 @@ def main(argv=None):
             f"| {m['model']} | {m['family']} | {m['parameters']:,} | {m['epochs']} | {train_images:,} | "
             f"{m['test_accuracy']:.2%}{note} | {m['seconds_per_epoch']:.0f} | {m['wall_seconds'] / 60:.1f} min |"
         )
-    section = "\n".join([
-        f"\n## Accuracy on CIFAR-10 — {datetime.date.today()}, {keras.backend.backend()}, {device_name()}, "
-        f"{args.pipeline} pipeline{', mixed_bfloat16' if args.mixed_precision else ''}, batch {args.batch_size}, "
-        f"lr {args.learning_rate:g}, weight decay {args.weight_decay:g}, warmup {args.warmup_epochs} epochs, {args.augment} augmentation, "
-        f"label smoothing {args.label_smoothing:g}"
+    recipe = (
+        f"{keras.backend.backend()}, {args.pipeline} pipeline{', mixed_bfloat16' if args.mixed_precision else ''}, "
+        f"batch {args.batch_size}, lr {args.learning_rate:g}, weight decay {args.weight_decay:g}, warmup "
+        f"{args.warmup_epochs} epochs, {args.augment} augmentation, label smoothing {args.label_smoothing:g}"
         + (f", {args.image_size} px" if args.image_size else "")
-        + (f", model arguments {json.dumps(args.overrides)}" if args.overrides else "") + "\n",
-        f"`{command}`\n",
-        "Validation = a seeded 10% of each class held out of the CIFAR-10 training JPEGs "
-        "(../shared/data); the CIFAR-10 test split is not used.\n",
-        *table,
-        "",
-    ])
-    print(section)
-    with open(args.results, "a") as handle:
-        handle.write(section)
+        + (f", model arguments {json.dumps(args.overrides)}" if args.overrides else "")
+    )
+    print("\n".join(table))
+    write_section(
+        args.results, "Accuracy on CIFAR-10", __file__, argv if argv is not None else sys.argv[1:],
+        f"Backend and recipe: {recipe}. Validation = a seeded 10% of each class held out of the CIFAR-10 "
+        "training JPEGs (../shared/data); the CIFAR-10 test split is not used.",
+        ["\n".join(table)], machine=device_name(),
+    )
     print(json.dumps([{k: m[k] for k in ("model", "test_accuracy", "parameters")} for m in rows]))
 
 

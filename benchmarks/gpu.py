@@ -10,7 +10,8 @@ same architecture in timm (PyTorch eager under `torch.autocast(bfloat16)`, AdamW
 batch); the table gives our images/s, the median of per-run time ratios (ours ÷ timm:
 below 1 is faster), the FLOP/s reached (`keras_vitmix.flops`: 2 × MACs per image
 forward, 3 × that for a training step) as a fraction of the GPU's dense bf16 peak, and
-the process's peak GPU memory.
+the process's peak GPU memory. The tables replace the GPU section of
+benchmarks/RESULTS.md.
 
 For the attention models, a second table times `flash_attention=True` against
 `flash_attention=False` on the same weights: whether the fused kernel ran (under JAX:
@@ -35,7 +36,7 @@ import statistics
 import sys
 from pathlib import Path
 
-from _timing import alternate, append_section, emit, median_ratio, run_backends, this_machine  # benchmarks/ is the script's folder
+from _timing import alternate, emit, median_ratio, run_backends, this_machine, write_section  # benchmarks/ is the script's folder
 
 REPO = Path(__file__).resolve().parents[1]
 # Our registered name: (timm's or None where timm has none, overrides of both sides' depth).
@@ -262,7 +263,6 @@ def recorded(rows, key, default):
 
 
 def worker(args):
-    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # JAX and PyTorch share the GPU
     import keras
 
     device, peak = device_and_peak(args)
@@ -324,6 +324,10 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse(argv)
     if args.worker:
+        os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # JAX and PyTorch share the GPU
+        from keras_vitmix import config
+
+        config.tune_malloc()  # the worker owns its process; before any model runs
         return worker(args)
     if args.rows:
         rows = [json.loads(line[3:]) for path in args.rows for line in open(path) if line.startswith("ROW")]
@@ -338,13 +342,14 @@ def main(argv=None):
         peak = speed[0]["peak"] if speed else None
         # Rendered from saved rows, the settings are the workers', not this command's defaults.
         batch, repeats = recorded(rows, "batch", args.batch_size), recorded(rows, "repeats", args.repeats)
-        append_section(
-            args.results, f"GPU throughput ({device})", __file__, argv,
+        write_section(
+            args.results, "GPU throughput", __file__, argv,
             f"{args.precision}, batch {batch}, XLA under JAX; medians of {repeats} alternating runs; "
             f"÷timm = median of per-run time ratios (ours ÷ timm eager with bf16 autocast; below 1 = we are "
             f"faster). % of peak = FLOP/s reached ÷ {peak or '?'} TFLOP/s (dense bf16); a training step counts "
             "3 × the forward FLOPs.",
-            format_tables(rows, args.batch_size), machine=recorded(rows, "host", None),
+            format_tables(rows, args.batch_size),
+            machine=f"{recorded(rows, 'host', None) or this_machine()}, {device}",
         )
 
 

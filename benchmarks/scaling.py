@@ -21,8 +21,9 @@ largest points (`cost.power_law_exponent`), beside the exponent of the FLOPs
 blocks linear, so ViT's FLOPs only approach N^2 past N = 6 x hidden_dim, where the
 attention products (2 N^2 D per block) outgrow the projections and the MLP (12 N D^2).
 
-Each backend runs in its own process (KERAS_BACKEND is read at import). The tables are
-printed and appended to benchmarks/RESULTS.md with the command; the figure (log-log, a
+Each backend runs in its own process (KERAS_BACKEND is read at import), which opts in to
+keras_vitmix's allocator tuning (`keras_vitmix.config.tune_malloc()`). The tables are
+printed and replace the scaling section of benchmarks/RESULTS.md; the figure (log-log, a
 column per backend) goes to `--output`.
 
     python benchmarks/scaling.py                                      # all backends
@@ -36,7 +37,7 @@ import statistics
 import sys
 from pathlib import Path
 
-from _timing import alternate, append_section, emit, median_ratio, run_backends  # benchmarks/ is the script's folder
+from _timing import alternate, emit, median_ratio, run_backends, write_section  # benchmarks/ is the script's folder
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # this checkout's keras_vitmix, before an installed one
@@ -257,7 +258,7 @@ def figure(rows, args):
 
 
 def record(args, argv, tables):
-    append_section(
+    write_section(
         args.results, "Scaling with the number of patches", __file__, argv,
         f"Width {args.hidden_dim}, depth {args.depth} "
         f"(hybrids {args.depth // 2} + {args.depth - args.depth // 2}), batch {args.batch_size}, medians of "
@@ -274,6 +275,9 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse(argv)
     if args.worker:
+        from keras_vitmix import config
+
+        config.tune_malloc()  # the worker owns its process; before any model runs
         return worker(args)
     rows = run_backends(__file__, args.backends, argv, lambda rows: format_rows(rows, args))
     if not rows:

@@ -5,22 +5,22 @@ and alternating run by run, the Keras model (`predict_on_batch` under the chosen
 backend), the SavedModel (`tf.saved_model.load(...).serve`) and the ONNX model
 (onnxruntime, CPU), on the same uint8 images: latency at batch 1, throughput at batch
 32. It reports medians and the median of per-run ratios (export ÷ Keras: below 1 is
-faster than Keras), prints a table and appends it to benchmarks/RESULTS.md.
+faster than Keras), prints a table and writes it in place of the serving section of
+benchmarks/RESULTS.md. The script owns its process and opts in to keras_vitmix's
+allocator tuning (`keras_vitmix.config.tune_malloc()`), as the `keras-vitmix` command does.
 
     python benchmarks/serving.py --backend jax
     python benchmarks/serving.py --backend tensorflow --models vit_tiny_patch16_224 --repeats 30
 """
 
 import argparse
-import datetime
 import os
-import platform
 import statistics
 import sys
 import tempfile
 from pathlib import Path
 
-from _timing import alternate, median_ratio  # benchmarks/ is the script's folder
+from _timing import alternate, median_ratio, write_section  # benchmarks/ is the script's folder
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_MODELS = ["vit_tiny_patch16_224", "mixer_s16_224", "hybrid_mixer_vit_cifar_patch4_32", "hybrid_convmixer_mixer_cifar_patch2_32"]
@@ -70,6 +70,7 @@ def measure(run, images, repeats):
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parse(argv)
     if args.backend:
         os.environ["KERAS_BACKEND"] = args.backend
@@ -77,7 +78,10 @@ def main(argv=None):
     import keras
     import numpy as np
 
+    from keras_vitmix import config
     from keras_vitmix.applications import create_model
+
+    config.tune_malloc()  # before any model runs
 
     rows = []
     rng = np.random.default_rng(0)
@@ -93,7 +97,12 @@ def main(argv=None):
     table = format_table(rows)
     print(table)
     if not args.no_record:
-        record(args, table, keras.backend.backend())
+        write_section(
+            args.results, "Serving: exports against the Keras model", __file__, argv,
+            f"Keras backend {keras.backend.backend()}. Medians of {args.repeats} alternating runs (per call: time "
+            "and images/s); the ratios are medians of per-run ratios, below 1 = faster than Keras.",
+            [table],
+        )
 
 
 def format_row(name, batch, seconds, ratios):
@@ -110,20 +119,6 @@ def format_table(rows):
         "|---|---:|---:|---:|---:|---:|---:|"
     )
     return "\n".join([header] + [format_row(*row) for row in rows])
-
-
-def record(args, table, backend):
-    command = "python benchmarks/serving.py " + " ".join(sys.argv[1:] if sys.argv[1:] else [])
-    machine = f"{platform.machine()}, {os.cpu_count()} cores, {platform.system()}"
-    text = (
-        f"\n## Serving: exports against the Keras model — {datetime.date.today()}, Keras backend {backend}\n\n"
-        f"Machine: {machine}. Command: `{command.strip()}`. Medians of {args.repeats} alternating runs "
-        "(per call: time and images/s); the ratios are medians of per-run ratios, below 1 = faster than Keras.\n\n"
-        f"{table}\n"
-    )
-    with open(args.results, "a") as handle:
-        handle.write(text)
-    print(f"Appended to {args.results}")
 
 
 if __name__ == "__main__":

@@ -9,6 +9,11 @@ median time and the median of per-run ratios (ours ÷ reference: below 1 is fast
 Also: parameters, FLOPs per image (`keras_vitmix.flops`, 2 × MACs), the peak resident
 memory our model added to the process while it ran alone, and the FLOP/s reached.
 
+Each worker owns its process, so it opts in to keras_vitmix's allocator tuning
+(`keras_vitmix.config.tune_malloc()`, as the `keras-vitmix` command does; process-wide,
+so timm and keras-hub run with it too; `KERAS_VITMIX_MALLOC=system` refuses it). The
+table replaces the speed section of benchmarks/RESULTS.md (`--no-record`: print only).
+
     python benchmarks/speed.py                                  # all backends, default models
     python benchmarks/speed.py --backends jax --models vit_tiny_patch16_224 --repeats 5
 """
@@ -20,7 +25,7 @@ import statistics
 import sys
 from pathlib import Path
 
-from _timing import alternate, append_section, emit, median_ratio, run_backends  # benchmarks/ is the script's folder
+from _timing import alternate, emit, median_ratio, run_backends, write_section  # benchmarks/ is the script's folder
 
 REPO = Path(__file__).resolve().parents[1]
 # name: (timm name or None, overrides of ours and timm's depth for time)
@@ -143,6 +148,7 @@ def keras_hub_runners(model, batch, jit="auto"):
 def worker(args):
     import keras
 
+    from keras_vitmix import config
     from keras_vitmix.flops import count_flops
 
     rows = []
@@ -159,7 +165,8 @@ def worker(args):
         if name.startswith("vit_"):
             references["keras-hub"] = keras_hub_runners(model, args.batch_size, jit_compile(args))
         row = dict(backend=keras.backend.backend(), model=name, depth=overrides.get("num_layers"),
-                   params=model.count_params(), flops=count_flops(model)["flops"], peak_mb=memory)
+                   params=model.count_params(), flops=count_flops(model)["flops"], peak_mb=memory,
+                   malloc_tuned=config.malloc_tuned())
         for task in ("infer1", "infer", "train"):
             seconds, ratios = compare(ours[task], {k: v[task] for k, v in references.items()}, args.repeats)
             row[task] = dict(seconds=seconds, ratios=ratios)
@@ -195,16 +202,20 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse(argv)
     if args.worker:
+        from keras_vitmix import config
+
+        config.tune_malloc()  # before any model runs
         return worker(args)
     rows = run_backends(__file__, args.backends, argv, lambda rows: format_table(rows, args.batch_size))
     if rows and not args.no_record:
-        append_section(
+        tuned = all(row.get("malloc_tuned") for row in rows)
+        write_section(
             args.results, "Speed against timm and keras-hub", __file__, argv,
             f"Medians of {args.repeats} alternating runs; ÷ columns are medians of per-run ratios (ours ÷ "
             "reference, below 1 = we are faster). timm runs PyTorch eager in the same process; keras-hub "
             "runs under the same backend. malloc: "
-            f"`KERAS_VITMIX_MALLOC={os.environ.get('KERAS_VITMIX_MALLOC', 'reuse')}` (keras_vitmix/_malloc.py; "
-            "process-wide, so the references run with the same setting).",
+            + ("tuned in each worker (`keras_vitmix.config.tune_malloc()`; process-wide, so the references run "
+               "with it too)." if tuned else "glibc's defaults (not tuned in every worker)."),
             [format_table(rows, args.batch_size)],
         )
 

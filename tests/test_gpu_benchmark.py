@@ -75,7 +75,7 @@ def test_saved_rows_are_recorded_with_the_workers_settings(script, tmp_path):
     results = tmp_path / "RESULTS.md"
     script.main(["--rows", str(rows), "--results", str(results)])
     text = results.read_text()
-    assert "## GPU throughput (NVIDIA H100 80GB HBM3)" in text and "Machine: x86_64, 16 cores." in text
+    assert "## GPU throughput\n" in text and "Machine: x86_64, 16 cores, NVIDIA H100 80GB HBM3." in text
     assert "batch 64," in text and "medians of 7 alternating runs" in text
     assert "| 128 | – |" in text  # 64 images in 0.5 s, not the default batch's 256 / 0.5
     assert script.recorded([row, dict(row, repeats=15)], "repeats", 3) == "7 / 15"

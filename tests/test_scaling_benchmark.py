@@ -73,5 +73,7 @@ def test_two_points_measured_tabulated_fitted_and_drawn(scaling, tmp_path):
     fig = scaling.figure(rows, args)
     assert len(fig.axes) == 3 and (tmp_path / "scaling.png").stat().st_size > 1000
     scaling.record(args, ["--backends", "jax"], [table, fits])
+    scaling.record(args, ["--backends", "jax", "--repeats", "1"], [table, fits])  # replaces the first
     recorded = (tmp_path / "RESULTS.md").read_text()
-    assert "Command: `python benchmarks/scaling.py --backends jax`" in recorded and table in recorded
+    assert recorded.count("## Scaling with the number of patches") == 1 and recorded.count(table) == 1
+    assert "Command: `python benchmarks/scaling.py --backends jax --repeats 1`" in recorded

@@ -1,4 +1,7 @@
-"""benchmarks/_timing.py: how a results section names the machine it ran on."""
+"""benchmarks/_timing.py: how a results section names the machine and commit it ran on,
+and how a benchmark's new run replaces its own section of RESULTS.md."""
+
+import re
 
 from tests.benchmark_utils import benchmark_script
 
@@ -9,6 +12,19 @@ flags\t\t: fpu sse avx avx2 fma avx512f avx512bw
 processor\t: 1
 model name\t: Other CPU
 flags\t\t: fpu sse
+"""
+
+RESULTS = """# Benchmark results
+
+Intro.
+
+## Speed against timm and keras-hub
+
+Date: 2026-11-24. Old speed table.
+
+## Scaling with the number of patches
+
+Scaling table.
 """
 
 
@@ -30,3 +46,42 @@ def test_this_machine_names_the_widest_vector_instructions(monkeypatch):
             described = timing.this_machine()
             assert described.endswith(", Some CPU" + suffix), described
             assert described.split(",")[1].strip().endswith("cores")
+
+
+def test_this_commit_is_the_checkouts_or_unknown(tmp_path):
+    with benchmark_script("_timing") as timing:
+        commit = timing.this_commit()
+        outside = timing.this_commit(str(tmp_path))
+    assert re.fullmatch(r"[0-9a-f]{7,}( \+ local changes)?", commit), commit
+    assert outside == "unknown"
+
+
+def test_a_new_run_replaces_its_own_section_and_keeps_the_others(tmp_path):
+    results = tmp_path / "RESULTS.md"
+    results.write_text(RESULTS)
+    with benchmark_script("_timing") as timing:
+        timing.write_section(str(results), "Speed against timm and keras-hub", "benchmarks/speed.py",
+                             ["--backends", "jax"], "Medians of 5 runs.", ["| a |\n|---|", "| b |\n|---|"],
+                             machine="x86_64, 2 cores, Some CPU (AVX2)", commit="abc1234")
+        timing.write_section(str(results), "Serving: exports against the Keras model", "serving.py", [],
+                             "Serving preamble.", ["| s |"], machine="m", commit="c")
+    text = results.read_text()
+    assert "Old speed table" not in text and text.count("## Speed against timm and keras-hub") == 1
+    assert text.startswith("# Benchmark results\n\nIntro.\n\n## Speed against timm and keras-hub\n\nDate: ")
+    assert ("Machine: x86_64, 2 cores, Some CPU (AVX2). Commit: abc1234. "
+            "Command: `python benchmarks/speed.py --backends jax`.\n\nMedians of 5 runs.\n\n| a |\n|---|\n\n"
+            "| b |\n|---|\n\n## Scaling with the number of patches\n\nScaling table.\n") in text
+    # A benchmark without a section yet gets one at the end.
+    assert "Scaling table.\n\n## Serving: exports against the Keras model\n\nDate: " in text
+    assert text.endswith("Command: `python benchmarks/serving.py`.\n\nServing preamble.\n\n| s |\n")
+
+
+def test_the_last_section_is_replaced_up_to_the_end(tmp_path):
+    results = tmp_path / "RESULTS.md"
+    results.write_text(RESULTS)
+    with benchmark_script("_timing") as timing:
+        timing.write_section(str(results), "Scaling with the number of patches", "scaling.py", [], "New.",
+                             ["| t |"], machine="m", commit="c")
+    text = results.read_text()
+    assert "Scaling table" not in text and "Old speed table" in text
+    assert text.endswith("Command: `python benchmarks/scaling.py`.\n\nNew.\n\n| t |\n")
