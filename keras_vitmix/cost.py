@@ -1,13 +1,13 @@
-"""Measured compute cost: inference time against the number of tokens, and its figures.
+"""Measured compute cost: inference time against the number of tokens.
 
 Self-attention compares every token with every other, so its cost grows as N^2 in the
 number of tokens N (Vaswani et al., 2017, https://arxiv.org/abs/1706.03762, table 1);
 MLP-Mixer's token-mixing MLP (Tolstikhin et al., 2021, https://arxiv.org/abs/2105.01601)
 and ConvMixer's depthwise convolutions (Trockman & Kolter, 2022,
 https://arxiv.org/abs/2201.09792) grow as N. These helpers time inference on the machine
-at hand, measure the memory a call adds, fit the exponent of the power law, and draw it;
-the tutorials and benchmarks/scaling.py use them. The two figures live here, beside the numbers they draw, rather than in `plotting` (already near
-the style guide's 400 lines).
+at hand, measure the memory a call adds and fit the exponent of the power law; the
+tutorials and benchmarks/scaling.py use them. `keras_vitmix.plotting` draws the results
+(`cost_curves`, `speed_accuracy`; also reachable here, where they used to live).
 
 Timings are wall-clock medians on whatever else the machine is doing: compare curves
 measured together, in one process, and read exponents from the larger sizes, where fixed
@@ -24,7 +24,6 @@ import numpy as np
 
 from keras_vitmix.applications import create_model
 from keras_vitmix.inspection import patch_grid
-from keras_vitmix.plotting import _pyplot
 
 Measurement = collections.namedtuple("Measurement", "label tokens seconds parameters")
 Measurement.__doc__ = """Inference time at several sizes: `tokens`, `seconds` (median per call) and
@@ -186,67 +185,12 @@ def power_law_exponent(tokens, seconds, last=None):
     return round(float(np.polyfit(x[-last:], y[-last:], 1)[0]), 6)
 
 
-def cost_curves(measurements, last=None, ax=None, scale=1e3, ylabel="inference time per batch (ms)"):
-    """Inference time against tokens, log-log, one line per measurement (and slopes 1, 2).
+def __getattr__(name):
+    # The figures moved to keras_vitmix.plotting; `cost.cost_curves` and
+    # `cost.speed_accuracy` keep working (the tutorials call them). Imported on first use,
+    # so that this module never imports the figures that import it.
+    if name in ("cost_curves", "speed_accuracy"):
+        from keras_vitmix.plotting import cost as figures
 
-    Args:
-        measurements: a `Measurement` or a list of them.
-        last: passed to `power_law_exponent` for the exponents in the legend.
-        ax: a matplotlib axis to draw into (one panel of a larger figure); a new
-            figure when None.
-        scale, ylabel: the y axis shows `seconds * scale`, under `ylabel`. The defaults
-            plot milliseconds; another positive quantity stored in `seconds` (bytes,
-            say) plots with its own `scale` and `ylabel`.
-
-    Returns:
-        The Figure holding the log-log axis; each curve's legend gives its fitted
-        exponent. Dotted reference lines of slope 1 and 2 start at the first curve's
-        first point.
-
-    Example:
-
-    >>> fig = cost_curves(Measurement("toy", np.array([4, 16]), np.array([1e-3, 4e-3]), np.array([10, 10])))
-    """
-    measurements = [measurements] if isinstance(measurements, Measurement) else list(measurements)
-    if ax is None:
-        _, ax = _pyplot().subplots(figsize=(5.5, 4), constrained_layout=True)
-    for m in measurements:
-        exponent = power_law_exponent(m.tokens, m.seconds, last)
-        ax.plot(m.tokens, np.asarray(m.seconds) * scale, "-o", markersize=4, label=f"{m.label} (~N^{exponent:.2f})")
-    first = measurements[0]
-    x = np.array([first.tokens[0], max(m.tokens[-1] for m in measurements)], float)
-    for slope, style in ((1, ":"), (2, "--")):
-        ax.plot(x, first.seconds[0] * scale * (x / x[0]) ** slope, style, color="gray", linewidth=1,
-                label=f"slope {slope}")
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("tokens N (patches)")
-    ax.set_ylabel(ylabel)
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8)
-    return ax.figure
-
-
-def speed_accuracy(results):
-    """Accuracy against inference time, one labelled point per model: the trade-off.
-
-    Args:
-        results: dict `{label: (seconds, accuracy)}`, e.g. seconds per batch from
-            `time_forward` and test accuracy in [0, 1].
-
-    Returns:
-        A Figure with one axis: x = inference time (ms), y = accuracy (%).
-
-    Example:
-
-    >>> fig = speed_accuracy({"ViT": (0.02, 0.91), "Mixer": (0.01, 0.88)})
-    """
-    fig, ax = _pyplot().subplots(figsize=(5, 4), constrained_layout=True)
-    for label, (seconds, accuracy) in results.items():
-        ax.scatter(seconds * 1e3, accuracy * 100, s=30)
-        ax.annotate(label, (seconds * 1e3, accuracy * 100), textcoords="offset points", xytext=(5, 4), fontsize=9)
-    ax.set_xlabel("inference time per batch (ms)")
-    ax.set_ylabel("test accuracy (%)")
-    ax.grid(alpha=0.3)
-    return fig
-
+        return getattr(figures, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -5,23 +5,21 @@ import os
 
 import numpy as np
 
-from keras_vitmix.plotting import (  # noqa: F401  (package-private helpers)
-    _heads,
-    _image,
-    _overlay,
-    _pick_head,
-    _pyplot,
-    _query_index,
-    _query_maps,
-    _upsample,
+from keras_vitmix.plotting.attention import (
     attention_distance,
     attention_heads,
     attention_map,
+    block_order,
     image_patches,
+    layer_heads,
+    pick_head,
     query_attention,
+    query_index,
+    query_maps,
     rollout_overlay,
     token_mixing_tiles,
 )
+from keras_vitmix.plotting.base import as_image, overlay, pyplot, upsample
 
 
 def _model_image(model, image):
@@ -55,16 +53,16 @@ def _animate(path, image, heads, grid_shape, num_prefix_tokens, head, dpi):
     """A GIF stepping the query over every patch, one frame per patch."""
     from matplotlib.animation import FuncAnimation, PillowWriter
 
-    maps = _query_maps(heads, grid_shape, num_prefix_tokens)  # (H, M, h, w)
+    maps = query_maps(heads, grid_shape, num_prefix_tokens)  # (H, M, h, w)
     maps = maps.mean(axis=0) if head is None else maps[head]  # (M, h, w)
-    fig = _pyplot().figure(figsize=(3, 3.2))
+    fig = pyplot().figure(figsize=(3, 3.2))
     ax = fig.add_axes((0.0, 0.0, 1.0, 0.9))  # no layout engine: each frame redraws quickly
-    _overlay(ax, _image(image), maps[0], 0, grid_shape)
+    overlay(ax, as_image(image), maps[0], 0, grid_shape)
     heat, box = ax.images[1], ax.patches[0]
     ph, pw = image.shape[0] / grid_shape[0], image.shape[1] / grid_shape[1]
 
     def frame(q):
-        heat.set_data(_upsample(maps[q], image.shape[:2]))
+        heat.set_data(upsample(maps[q], image.shape[:2]))
         heat.set_clim(0, max(float(maps[q].max()), 1e-12))
         row, col = divmod(q, grid_shape[1])
         box.set_xy((col * pw - 0.5, row * ph - 0.5))
@@ -72,7 +70,7 @@ def _animate(path, image, heads, grid_shape, num_prefix_tokens, head, dpi):
         return heat, box
 
     FuncAnimation(fig, frame, frames=len(maps)).save(path, writer=PillowWriter(fps=4), dpi=dpi)
-    _pyplot().close(fig)
+    pyplot().close(fig)
 
 
 def _attention_figures(model, image, grid, layer, head, query):
@@ -80,7 +78,7 @@ def _attention_figures(model, image, grid, layer, head, query):
     from keras_vitmix import inspection
 
     scores = inspection.attention_model(model).predict(image[None], verbose=0)
-    names = sorted(scores, key=inspection._layer_index)
+    names = block_order(scores)
     if layer is None:
         layer = names[-1]
     elif isinstance(layer, (int, np.integer)) and not isinstance(layer, bool) and -len(names) <= layer < len(names):
@@ -88,10 +86,10 @@ def _attention_figures(model, image, grid, layer, head, query):
     elif layer not in names:
         raise ValueError(f"`layer` must be an attention block name in {names} or an index in "
                          f"[{-len(names)}, {len(names) - 1}]. Received: layer={layer!r}")
-    heads = _heads(scores, layer)
-    _pick_head(heads, head)  # checks `head`
+    heads = layer_heads(scores, layer)
+    pick_head(heads, head)  # checks `head`
     h, w = grid.grid_shape
-    query = h // 2 * w + w // 2 if query is None else _query_index(query, grid.grid_shape)
+    query = h // 2 * w + w // 2 if query is None else query_index(query, grid.grid_shape)
     args = (image, heads, query, grid.grid_shape)
     prefix = grid.num_prefix_tokens
     distances = inspection.mean_attention_distance(scores, grid.grid_shape, grid.patch_size, prefix)
@@ -154,7 +152,7 @@ def write_attention_figures(model, image, output_dir, layer=None, head=None, que
         warnings.warn(f"Model '{model.name}' has no attention and no MixerBlock: only the patches are drawn.",
                       stacklevel=2)
     os.makedirs(output_dir, exist_ok=True)
-    plt, paths = _pyplot(), []
+    plt, paths = pyplot(), []
     for name, make in figures:
         fig = make()
         paths.append(os.path.join(output_dir, name))

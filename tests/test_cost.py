@@ -7,7 +7,7 @@ import pytest
 from keras_vitmix import cost, plotting
 from keras_vitmix.layers import MultiHeadSelfAttention
 
-plt = plotting._pyplot()
+plt = plotting.pyplot()
 
 
 @pytest.fixture(autouse=True)

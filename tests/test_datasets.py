@@ -150,7 +150,7 @@ def test_folder_training_stream_mixes_classes_past_the_shuffle_buffer(cifar_fold
     with the first classes and end with the last. Here the buffer holds 4 of 180 images:
     each quarter of an epoch must still draw on most classes, and the epoch holds every
     image once."""
-    monkeypatch.setattr(datasets, "SHUFFLE_BUFFER", 4)
+    monkeypatch.setattr(datasets.pipeline, "SHUFFLE_BUFFER", 4)
     sorted_labels = datasets.list_folder(cifar_folder, "train")[1]
     epochs = []
     ds, info = datasets.load(cifar_folder, "train", batch_size=45)
@@ -281,3 +281,26 @@ def test_bad_folders(tmp_path):
     (corrupt / "0.jpg").write_bytes(b"this is not a jpeg")
     with pytest.raises(ValueError, match="0.jpg"):
         datasets.load(tmp_path / "corrupt")
+
+
+def test_a_truncated_or_corrupt_image_is_named(cifar_folder, tmp_path):
+    """A file with a JPEG header but cut short passes the header check while listing; it
+    fails where it is decoded eagerly, with a ValueError naming it."""
+    source = sorted((cifar_folder / "train" / "cat").iterdir())[0]
+    whole = datasets.read_image(source)
+    assert whole.shape == (32, 32, 3) and whole.dtype == np.uint8
+    (tmp_path / "truncated" / "train" / "cat").mkdir(parents=True)
+    (tmp_path / "truncated" / "train" / "cat" / "0.jpg").write_bytes(source.read_bytes())
+    cut = tmp_path / "truncated" / "test" / "cat" / "0.jpg"
+    cut.parent.mkdir(parents=True)
+    cut.write_bytes(source.read_bytes()[:300])
+    for read in (lambda: datasets.read_image(cut), lambda: datasets.load(tmp_path / "truncated", "test")):
+        with pytest.raises(ValueError, match="Not a complete JPEG, PNG, BMP or GIF image") as info:
+            read()
+        assert str(cut) in str(info.value)
+    garbage = tmp_path / "garbage.png"
+    garbage.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)))  # a PNG header, then noise
+    with pytest.raises(ValueError, match="garbage.png"):
+        datasets.read_image(garbage)
+    with pytest.raises(ValueError, match="No such image file"):
+        datasets.read_image(tmp_path / "missing.jpg")

@@ -11,7 +11,7 @@ from keras_vitmix import plotting, visualize
 from keras_vitmix.applications import ConvMixer, HybridMixerViT, MLPMixer, ViT
 
 PIL = pytest.importorskip("PIL.Image")
-plt = plotting._pyplot()
+plt = plotting.pyplot()
 SMALL = {"patch_size": 4, "hidden_dim": 16, "input_shape": (16, 16, 3), "classes": 3}
 PATCH_NAMES = ["patches.png"]
 ATTENTION_NAMES = ["attention_map.png", "query_attention.png", "attention_heads.png", "rollout.png",

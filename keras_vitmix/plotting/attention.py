@@ -1,111 +1,45 @@
-"""matplotlib figures. Every function returns a `matplotlib.figure.Figure` and never calls
-`show()`; save one with `fig.savefig(path)`. The Agg backend is used when no display is
-set, so this works on servers and in tests.
+"""Figures of what attention and token mixing learn, drawn from the numbers
+`keras_vitmix.inspection` computes: the patch grid, attention maps, where one query patch
+looks (per head, or through all layers by rollout), mean attention distance by depth,
+and MLP-Mixer's token-mixing weights.
+
+The helpers that read attention scores (one layer, one head, one query patch) are public
+because `keras_vitmix.visualize` writes the same figures to files.
 """
 
-import os
+import re
 
 import numpy as np
 
-
-def _pyplot():
-    import matplotlib
-
-    if not os.environ.get("DISPLAY") and "MPLBACKEND" not in os.environ:
-        matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+from keras_vitmix.plotting.base import as_image, grid_figure, overlay, pyplot
 
 
-def training_curves(history):
-    """Loss and accuracy, train and validation, by epoch.
-
-    Args:
-        history: a `keras.callbacks.History`, its `.history` dict, or a dict of lists
-            as read from the CSV log (keys "loss", "val_loss", "accuracy", ...).
-
-    Returns:
-        A Figure with two axes: loss, accuracy.
-    """
-    history = getattr(history, "history", history)
-    plt = _pyplot()
-    fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
-    epochs = np.arange(1, len(history.get("loss", [])) + 1)
-    for ax, key, title in ((loss_ax, "loss", "loss"), (acc_ax, "accuracy", "accuracy")):
-        for prefix, label, style in (("", "train", "-o"), ("val_", "validation", "-s")):
-            values = history.get(prefix + key)
-            if values is not None and len(values):
-                ax.plot(epochs[: len(values)], values, style, markersize=3, label=label)
-        ax.set_xlabel("epoch")
-        ax.set_title(title)
-        ax.grid(alpha=0.3)
-        ax.legend()
-    return fig
+def block_order(names):
+    """Block names (e.g. "block_10") in network order: by their trailing number when
+    every name has one, else as given."""
+    numbers = [re.search(r"(\d+)$", str(name)) for name in names]
+    if all(numbers):
+        return [name for _, name in sorted(zip((int(m.group(1)) for m in numbers), names))]
+    return list(names)
 
 
-def confusion_matrix(labels, predictions, class_names):
-    """A confusion matrix (rows: true class, columns: predicted), counts in each cell.
+def layer_heads(scores, layer=-1, sample=0):
+    """The scores of one layer and one sample, (heads, N, N).
 
     Args:
-        labels: int array (N,) of true classes.
-        predictions: int array (N,) of predicted classes.
-        class_names: sequence of names, in label order.
-
-    Returns:
-        A Figure with one axis.
+        scores: (B, heads, N, N), (heads, N, N) or (N, N); or a list, or a dict by block
+            name, of such arrays, one per layer.
+        layer: dict key, or index in network order, of the layer when `scores` holds several.
+        sample: index in the batch.
     """
-    labels = np.asarray(labels).astype(int)
-    predictions = np.asarray(predictions).astype(int)
-    n = len(class_names)
-    matrix = np.zeros((n, n), dtype=int)
-    np.add.at(matrix, (labels, predictions), 1)
-    plt = _pyplot()
-    size = max(4.0, 0.45 * n + 2)
-    fig, ax = plt.subplots(figsize=(size, size), constrained_layout=True)
-    ax.imshow(matrix, cmap="Blues")
-    ax.set_xticks(range(n), class_names, rotation=45, ha="right")
-    ax.set_yticks(range(n), class_names)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    accuracy = np.trace(matrix) / max(1, matrix.sum())
-    ax.set_title(f"accuracy {accuracy:.2%} on {matrix.sum()} images")
-    if n <= 20:
-        threshold = matrix.max() / 2
-        for i in range(n):
-            for j in range(n):
-                color = "white" if matrix[i, j] > threshold else "black"
-                ax.text(j, i, matrix[i, j], ha="center", va="center", color=color, fontsize=8)
-    fig.matrix = matrix
-    return fig
-
-
-# Attention and token-mixing figures (see `keras_vitmix.inspection` for the numbers).
-
-
-def _image(image):
-    """One image (H, W, C) or (H, W) with values in [0, 255] as floats in [0, 1] for imshow."""
-    image = np.asarray(image, dtype=np.float32)
-    image = image[0] if image.ndim == 4 and image.shape[0] == 1 else image
-    if image.ndim == 3 and image.shape[-1] == 1:
-        image = image[..., 0]
-    if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[-1] not in (3, 4)):
-        raise ValueError(f"Expected one image (height, width[, channels]). Received: shape {image.shape}")
-    return np.clip(image / 255.0, 0.0, 1.0)
-
-
-def _heads(scores, layer=-1, sample=0):
-    """The scores of one layer and one sample, (heads, N, N), from any accepted form."""
     if isinstance(scores, dict) and layer in scores:
         scores = scores[layer]
     elif isinstance(scores, (dict, list, tuple)):
-        from keras_vitmix.inspection import _score_layers
-
-        layers, n = _score_layers(scores), len(scores)
+        n = len(scores)
         if isinstance(layer, str) or not -n <= layer < n:
             raise ValueError(f"`layer` must be a key of `scores` or an index in [{-n}, {n - 1}]. "
                              f"Received: layer={layer!r}")
-        scores = layers[layer]
+        scores = [scores[k] for k in block_order(scores)][layer] if isinstance(scores, dict) else scores[layer]
     s = np.asarray(scores, dtype=np.float32)
     s = s[sample] if s.ndim == 4 else (s[None] if s.ndim == 2 else s)
     if s.ndim != 3 or s.shape[-1] != s.shape[-2]:
@@ -113,7 +47,7 @@ def _heads(scores, layer=-1, sample=0):
     return s
 
 
-def _pick_head(heads, head):
+def pick_head(heads, head):
     """(H, ...) -> the mean over heads when `head` is None, else that head."""
     if head is None:
         return heads.mean(axis=0)
@@ -122,7 +56,7 @@ def _pick_head(heads, head):
     return heads[head]
 
 
-def _query_index(query, grid_shape):
+def query_index(query, grid_shape):
     """A patch index in [0, h * w) from an int or a (row, col) pair."""
     h, w = grid_shape
     if isinstance(query, (tuple, list)) and len(query) == 2 and all(0 <= q < s for q, s in zip(query, (h, w))):
@@ -135,7 +69,7 @@ def _query_index(query, grid_shape):
     )
 
 
-def _query_maps(heads, grid_shape, num_prefix_tokens):
+def query_maps(heads, grid_shape, num_prefix_tokens):
     """(H, N, N) -> (H, M, h, w): each patch query's attention over the patch keys."""
     tokens, (h, w) = heads.shape[-1], grid_shape
     if tokens != num_prefix_tokens + h * w:
@@ -145,38 +79,6 @@ def _query_maps(heads, grid_shape, num_prefix_tokens):
         )
     p = num_prefix_tokens
     return heads[:, p:, p:].reshape(len(heads), h * w, h, w)
-
-
-def _upsample(grid, size):
-    """Nearest-neighbour resize of a (h, w) map to `size` = (H, W)."""
-    rows = np.arange(size[0]) * grid.shape[0] // size[0]
-    cols = np.arange(size[1]) * grid.shape[1] // size[1]
-    return grid[rows][:, cols]
-
-
-def _overlay(ax, image, heat, query=None, grid_shape=None, title=None):
-    """Image with a heat map on top and, for a query patch, a rectangle around it."""
-    from matplotlib.patches import Rectangle
-
-    ax.imshow(image, cmap="gray")
-    ax.imshow(_upsample(heat, image.shape[:2]), cmap="inferno", alpha=0.6, vmin=0, vmax=max(float(heat.max()), 1e-12))
-    if query is not None:
-        ph, pw = image.shape[0] / grid_shape[0], image.shape[1] / grid_shape[1]
-        row, col = divmod(query, grid_shape[1])
-        ax.add_patch(Rectangle((col * pw - 0.5, row * ph - 0.5), pw, ph, fill=False, edgecolor="cyan", linewidth=2))
-    ax.set_title(title or "", fontsize=9)
-    ax.axis("off")
-
-
-def _grid_figure(count, max_cols, tile=1.6):
-    """A figure with `count` axes on a grid of at most `max_cols` columns."""
-    cols = min(count, max_cols)
-    rows = -(-count // cols)
-    fig, axes = _pyplot().subplots(rows, cols, figsize=(tile * cols, tile * rows), squeeze=False)
-    for ax in axes.ravel()[count:]:
-        fig.delaxes(ax)
-    return fig, axes.ravel()[:count]
-
 
 def image_patches(image, patch_size):
     """The image cut into its patch grid, one small axis per patch (ViT's first step).
@@ -194,12 +96,12 @@ def image_patches(image, patch_size):
     """
     from keras_vitmix.layers._checks import to_pair
 
-    image, (ph, pw) = _image(image), to_pair(patch_size, "patch_size")
+    image, (ph, pw) = as_image(image), to_pair(patch_size, "patch_size")
     if image.shape[0] % ph or image.shape[1] % pw:
         raise ValueError(f"The patch size must divide the image size. Received: patch_size={patch_size}, "
                          f"image size={image.shape[:2]}")
     h, w = image.shape[0] // ph, image.shape[1] // pw
-    fig, axes = _grid_figure(h * w, w, tile=min(1.0, 8.0 / w))
+    fig, axes = grid_figure(h * w, w, tile=min(1.0, 8.0 / w))
     for i, ax in enumerate(axes):
         row, col = divmod(i, w)
         ax.imshow(image[row * ph:(row + 1) * ph, col * pw:(col + 1) * pw], cmap="gray", vmin=0, vmax=1)
@@ -224,8 +126,8 @@ def attention_map(scores, layer=-1, head=None, sample=0):
 
     >>> fig = attention_map(np.full((1, 2, 5, 5), 0.2), head=1)
     """
-    matrix = _pick_head(_heads(scores, layer, sample), head)
-    fig, ax = _pyplot().subplots(figsize=(5, 4.2), constrained_layout=True)
+    matrix = pick_head(layer_heads(scores, layer, sample), head)
+    fig, ax = pyplot().subplots(figsize=(5, 4.2), constrained_layout=True)
     fig.colorbar(ax.imshow(matrix, cmap="viridis", vmin=0), ax=ax, label="attention weight")
     ax.set_xlabel("key token")
     ax.set_ylabel("query token")
@@ -255,11 +157,11 @@ def query_attention(image, scores, query, grid_shape, head=None, num_prefix_toke
 
     >>> fig = query_attention(np.zeros((8, 8)), np.full((4, 4), 0.25), 0, (2, 2))
     """
-    query = _query_index(query, grid_shape)
-    heat = _pick_head(_query_maps(_heads(scores, layer), grid_shape, num_prefix_tokens)[:, query], head)
-    fig, ax = _pyplot().subplots(figsize=(4, 4), constrained_layout=True)
+    query = query_index(query, grid_shape)
+    heat = pick_head(query_maps(layer_heads(scores, layer), grid_shape, num_prefix_tokens)[:, query], head)
+    fig, ax = pyplot().subplots(figsize=(4, 4), constrained_layout=True)
     label = "mean of heads" if head is None else f"head {head}"
-    _overlay(ax, _image(image), heat, query, grid_shape, f"query patch {query}, {label}")
+    overlay(ax, as_image(image), heat, query, grid_shape, f"query patch {query}, {label}")
     return fig
 
 
@@ -277,11 +179,11 @@ def attention_heads(image, scores, query, grid_shape, num_prefix_tokens=0, layer
 
     >>> fig = attention_heads(np.zeros((8, 8)), np.full((1, 3, 4, 4), 0.25), 0, (2, 2))
     """
-    query = _query_index(query, grid_shape)
-    maps = _query_maps(_heads(scores, layer), grid_shape, num_prefix_tokens)[:, query]
-    fig, axes = _grid_figure(len(maps), 4, tile=2.4)
+    query = query_index(query, grid_shape)
+    maps = query_maps(layer_heads(scores, layer), grid_shape, num_prefix_tokens)[:, query]
+    fig, axes = grid_figure(len(maps), 4, tile=2.4)
     for h, (ax, heat) in enumerate(zip(axes, maps)):
-        _overlay(ax, _image(image), heat, query, grid_shape, f"head {h}")
+        overlay(ax, as_image(image), heat, query, grid_shape, f"head {h}")
     return fig
 
 
@@ -310,12 +212,12 @@ def rollout_overlay(image, rollout, grid_shape, sample=0):
         raise ValueError(f"`rollout` must be (B, N, N) or (N, N) with N = h * w [+ 1]. "
                          f"Received: shape {rollout.shape}, grid_shape={tuple(grid_shape)}")
     heat = rollout[0, 1:] if tokens == h * w + 1 else rollout.mean(axis=0)
-    fig, (left, right) = _pyplot().subplots(1, 2, figsize=(7, 3.6), constrained_layout=True)
-    image = _image(image)
+    fig, (left, right) = pyplot().subplots(1, 2, figsize=(7, 3.6), constrained_layout=True)
+    image = as_image(image)
     left.imshow(image, cmap="gray")
     left.set_title("image", fontsize=9)
     left.axis("off")
-    _overlay(right, image, heat.reshape(h, w), title="attention rollout")
+    overlay(right, image, heat.reshape(h, w), title="attention rollout")
     return fig
 
 
@@ -334,7 +236,7 @@ def attention_distance(distances):
     >>> fig = attention_distance(np.array([[10.0, 20.0], [30.0, 40.0]]))
     """
     distances = np.atleast_2d(np.asarray(distances, dtype=np.float32))
-    fig, ax = _pyplot().subplots(figsize=(5, 4), constrained_layout=True)
+    fig, ax = pyplot().subplots(figsize=(5, 4), constrained_layout=True)
     depth = np.arange(1, len(distances) + 1)
     for head in range(distances.shape[1]):
         ax.scatter(depth, distances[:, head], s=18, label=f"head {head}")
@@ -365,7 +267,7 @@ def token_mixing_tiles(weights, max_tiles=64):
     if weights.ndim != 3:
         raise ValueError(f"`weights` must be (units, h, w). Received: shape {weights.shape}")
     weights = weights[:max_tiles]
-    fig, axes = _grid_figure(len(weights), int(np.ceil(np.sqrt(len(weights)))), tile=0.9)
+    fig, axes = grid_figure(len(weights), int(np.ceil(np.sqrt(len(weights)))), tile=0.9)
     for ax, tile in zip(axes, weights):
         limit = max(float(np.abs(tile).max()), 1e-12)
         ax.imshow(tile, cmap="RdBu_r", vmin=-limit, vmax=limit)

@@ -1,0 +1,122 @@
+"""`load` and `resolve`: a source (`keras_vitmix.datasets.sources`) made into batches that
+`model.fit` takes, the same way for every source: cached decoded images, a seeded
+shuffle, batches of float32 pixels, augmentation on the training split, prefetching.
+"""
+
+import os
+
+from keras_vitmix.datasets import sources
+from keras_vitmix.datasets.info import DatasetUnavailableError, as_image_size, check_split
+
+AUGMENTS = (False, True, "light", "strong")
+# Elements the training shuffle holds (all of a smaller split; a larger folder's file
+# list is permuted before it is read, see `sources.folder`).
+SHUFFLE_BUFFER = 20_000
+
+
+def load(
+    name_or_path="digits",
+    split="train",
+    image_size=None,
+    batch_size=128,
+    augment=False,
+    shuffle=None,
+    seed=0,
+    validation_fraction=0.1,
+    data_dir=None,
+    drop_remainder=False,
+):
+    """Loads a split as a batched, prefetched `tf.data.Dataset` of (images, labels).
+
+    Args:
+        name_or_path: "digits" (embedded: scikit-learn's 1,797 real 8x8 handwritten
+            digits, upscaled to 32x32 RGB, no network needed), a TFDS
+            image-classification name ("cifar10", "mnist", ...), or a folder in
+            `train/<class>/*.jpg|png` layout (optionally with `test/<class>/`).
+        split: "train", "validation" or "test".
+        image_size: int or (height, width) to resize to; defaults to the source's size
+            (32 for digits, the first image's size for a folder).
+        batch_size: int >= 1.
+        augment: False; True or "light" (random crop after padding, horizontal flip
+            where the labels allow it); or "strong" (light + RandAugment + MixUp/CutMix,
+            which makes labels one-hot). Applied to the training split only.
+        shuffle: whether to shuffle; defaults to True for the training split only. A
+            folder's file list is then also permuted before it is read (folders
+            list their images class by class).
+        seed: int, seeds shuffling, augmentation and a folder's validation split.
+        validation_fraction: float in (0, 1), the part of a folder's (or a TFDS
+            dataset's) training data held out as validation when it has none.
+        data_dir: optional TFDS data directory (default: `TFDS_DATA_DIR` or TFDS's own).
+        drop_remainder: drop the last, partial batch when the split holds at least one
+            full batch: every batch has one shape, so XLA compiles one step, not two.
+            With shuffling, the images left out change from epoch to epoch.
+
+    Returns:
+        `(dataset, info)`: the `tf.data.Dataset` and a `DatasetInfo`.
+
+    Example:
+
+    >>> train, info = load("digits", "train", batch_size=64, augment=True)
+    >>> info.num_classes, info.image_shape
+    (10, (32, 32, 3))
+    """
+    check_split(split)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"`batch_size` must be an integer >= 1. Received: batch_size={batch_size!r}")
+    if augment not in AUGMENTS:
+        raise ValueError(f"`augment` must be one of {AUGMENTS}. Received: augment={augment!r}")
+    if not 0.0 < validation_fraction < 1.0:
+        raise ValueError(
+            f"`validation_fraction` must be in (0, 1). Received: validation_fraction={validation_fraction}"
+        )
+    image_size = as_image_size(image_size)
+    shuffle = split == "train" if shuffle is None else bool(shuffle)
+    name = os.fspath(name_or_path)
+    if name == "digits":
+        ds, info = sources.digits(split, image_size)
+    elif os.path.isdir(name):
+        ds, info = sources.folder(name, split, image_size, seed, validation_fraction, shuffle)
+    elif os.path.sep in name or name.startswith("."):
+        raise ValueError(f"No such folder. Received: name_or_path={name!r}")
+    else:
+        ds, info = sources.tfds(name, split, image_size, validation_fraction, data_dir)
+    drop_remainder = bool(drop_remainder) and info.num_examples >= batch_size
+    return _batches(ds, info, batch_size, augment if split == "train" else False, shuffle, seed, drop_remainder), info
+
+
+def resolve(name_or_path="cifar10", fallback="digits", data_dir=None):
+    """The dataset to use: `name_or_path` where it loads here, else `fallback`; says which.
+
+    For code whose default is a TFDS dataset but that must also run offline (the
+    tutorials): a TFDS dataset that cannot be downloaded or prepared gives way to
+    `fallback`; unknown names and missing folders still raise. `data_dir` as in `load`.
+
+    Returns:
+        `(name, info)`: the name or path to pass to `load`, and its train split's
+        `DatasetInfo`. One line is printed: the dataset used, and why when it fell back.
+    """
+    name, reason = name_or_path, ""
+    try:
+        _, info = load(name, "train", batch_size=1, data_dir=data_dir)
+    except DatasetUnavailableError as error:
+        name, reason = fallback, f" ({name_or_path!r} is unavailable here: {str(error).rsplit('Original error: ')[-1]})"
+        _, info = load(name, "train", batch_size=1, data_dir=data_dir)
+    print(f"Dataset: {info.name} ({info.source}, {info.num_examples:,} training images, "
+          f"{info.num_classes} classes){reason}")
+    return os.fspath(name), info
+
+
+def _batches(ds, info, batch_size, augment, shuffle, seed, drop_remainder=False):
+    import tensorflow as tf
+
+    ds = ds.cache()  # decoded uint8 images: CIFAR-10's 50,000 are 150 MB
+    if shuffle:
+        ds = ds.shuffle(min(info.num_examples, SHUFFLE_BUFFER), seed=seed, reshuffle_each_iteration=True)
+    ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+    ds = ds.map(lambda x, y: (tf.cast(x, tf.float32), y), num_parallel_calls=tf.data.AUTOTUNE)
+    if augment:
+        strength = "strong" if augment == "strong" else "light"
+        from keras_vitmix import augmentation
+
+        ds = ds.map(augmentation.augmenter(info, strength, seed), num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.prefetch(tf.data.AUTOTUNE)
