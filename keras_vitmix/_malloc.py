@@ -17,15 +17,15 @@ faults per ViT-Ti training step, a quarter of its time on the project's 2-core m
   back to `mmap` if it cannot);
 - `M_TRIM_THRESHOLD` and `M_TOP_PAD` at their largest (2 GiB): up to 2 GiB of freed memory
   at the top of the heap is kept for the next step instead of being returned to the kernel.
-Measured (benchmarks/malloc_reuse.py; benchmarks/RESULTS.md, "Reusing freed memory"):
-ViT-Ti/16's training step under JAX went from 542,893 to 16,422 page faults per step and
-took 0.74x the time; under torch, its inference took 0.86x.
+Measured on a 2-core AVX2 EPYC (docs/performance.md, "malloc"): ViT-Ti/16's training
+step under JAX went from 542,893 to 16,422 page faults per step and took 0.74x the time;
+under torch, its inference took 0.86x.
 
-The cost: memory a step freed stays with the process (up to 2 GiB more than now at the
-top of the heap), as PyTorch's and TensorFlow's own caching allocators keep theirs.
-`M_ARENA_MAX` only acts on threads that have not allocated yet, so `keras_vitmix` calls
-`tune()` when it is imported, before a model runs; JAX's worker threads that already ran
-a computation keep their arenas, and blocks over 64 MiB there are still mapped afresh.
+The cost: memory a step freed stays with the process (up to 2 GiB more at the top of the
+heap), as PyTorch's and TensorFlow's own caching allocators keep theirs. So importing
+`keras_vitmix` does not call `tune()`: a program that owns its process opts in through
+`keras_vitmix.config.tune_malloc()` (the `keras-vitmix` command and the benchmarks do),
+early, because `M_ARENA_MAX` only acts on threads that have not allocated yet.
 
 Set the environment variable `KERAS_VITMIX_MALLOC=system` to leave glibc's defaults.
 Elsewhere than Linux with glibc (macOS, musl, Windows) `tune()` does nothing.
