@@ -1,6 +1,8 @@
 """The training split's augmentation, as Keras preprocessing layers run inside tf.data
 (`keras_vitmix.datasets.load(..., augment=)`)."""
 
+from keras_vitmix import _internals
+
 
 def augmenter(info, strength, seed):
     """Keras preprocessing layers, run inside tf.data on uint8-range float images."""
@@ -13,7 +15,8 @@ def augmenter(info, strength, seed):
     flip = keras.layers.RandomFlip("horizontal", seed=seed) if info.flip_invariant else None
     rand_augment = keras.layers.RandAugment(value_range=(0, 255), seed=seed) if strength == "strong" else None
     if rand_augment is not None:
-        bincount_histogram(rand_augment.equalization)
+        # Under JAX its equalization would count histograms with a loop over 256 bins.
+        _internals.use_bincount_histograms(rand_augment)
 
     def light(images, labels):
         images = tf.pad(images, [[0, 0], [pad, pad], [pad, pad], [0, 0]])  # zeros, as the standard CIFAR crop
@@ -42,27 +45,3 @@ def augmenter(info, strength, seed):
 
     return strong
 
-
-def bincount_histogram(equalization):
-    """Makes a `keras.layers.Equalization` inside tf.data count its histogram with one
-    `tf.math.bincount`.
-
-    Keras picks the histogram's form from the global backend, and under JAX it is a
-    Python loop over the 256 bins, though inside tf.data the layer computes with
-    TensorFlow. There, under JAX, building the "strong" pipeline took 26 s and its first
-    batch 4.5 s, against 6 s and 0.5 s under TensorFlow. Same counts either way
-    (tests/test_datasets.py checks them); a Keras without the private method is left as
-    it is.
-    """
-    import tensorflow as tf
-
-    if not hasattr(equalization, "_custom_histogram_fixed_width"):
-        return
-
-    def histogram(values, value_range, nbins):
-        low, high = (tf.cast(v, "float32") for v in value_range)
-        scaled = (tf.cast(values, "float32") - low) * (nbins - 1) / (high - low)
-        indices = tf.clip_by_value(tf.cast(scaled, "int32"), 0, nbins - 1)
-        return tf.math.bincount(tf.reshape(indices, [-1]), minlength=nbins, maxlength=nbins, dtype="int32")
-
-    equalization._custom_histogram_fixed_width = histogram

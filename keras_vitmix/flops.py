@@ -29,12 +29,10 @@ def count_flops(model):
         dict with "macs" and "flops" (= 2 x macs) per image, and "by_layer":
         {layer name: macs} for the layers that multiply.
     """
-    if not isinstance(model, keras.Model) or not hasattr(model, "_operations"):
+    if not (isinstance(model, keras.Model) and isinstance(model, keras.Function)):
         raise ValueError(f"count_flops needs a functional keras.Model. Received: {type(model).__name__}")
     by_layer = {}
-    for layer in model.layers:
-        if not layer._inbound_nodes:
-            continue
+    for layer in model.layers:  # each called in the graph, so `layer.input` is defined
         shape = tuple(layer.input.shape[1:]) if not isinstance(layer.input, (list, tuple, dict)) else None
         if shape is None or None in shape:
             continue

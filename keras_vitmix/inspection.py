@@ -20,6 +20,7 @@ import re
 import keras
 import numpy as np
 
+from keras_vitmix import _internals
 from keras_vitmix.layers import ConvMixerBlock, MixerBlock, PatchEmbedding, TransformerBlock
 from keras_vitmix.layers._checks import to_pair
 
@@ -29,33 +30,31 @@ PatchGrid = collections.namedtuple("PatchGrid", "image_size patch_size grid_shap
 
 
 def _graph(model):
-    """The functional graph of `model` (a built Sequential keeps one in `_functional`)."""
+    """`model` as a functional graph: itself, or for a built Sequential a functional
+    model over the same layers and calls."""
     if not isinstance(model, keras.Model):
         raise TypeError(f"`model` must be a keras.Model. Received: model of type {type(model).__name__}")
-    graph = getattr(model, "_functional", None) or model
-    if not hasattr(graph, "_nodes_by_depth"):
-        raise ValueError(
-            "Inspection needs a functional model (an application, `keras.Model(inputs, outputs)` "
-            f"or a built Sequential). Received: model '{model.name}' of type {type(model).__name__}"
-        )
-    return graph
+    if isinstance(model, keras.Function):
+        return model
+    if isinstance(model, keras.Sequential):
+        try:  # a Sequential has one input and one output
+            return keras.Model(model.inputs[0], model.outputs[0], name=model.name)
+        except AttributeError:  # not built yet: no inputs
+            pass
+    raise ValueError(
+        "Inspection needs a functional model (an application, `keras.Model(inputs, outputs)` "
+        f"or a built Sequential). Received: model '{model.name}' of type {type(model).__name__}"
+    )
 
 
-def _blocks(model, layer_type):
-    """[(block, node)] for the first call of each `layer_type` layer in the model's graph."""
-    graph = _graph(model)
-    nodes = {id(node) for depth in graph._nodes_by_depth.values() for node in depth}
-    found = []
-    for layer in graph.layers:
-        calls = [n for n in layer._inbound_nodes if id(n) in nodes] if isinstance(layer, layer_type) else []
-        if calls:
-            found.append((layer, calls[0]))
-    return found
+def _blocks(graph, layer_type):
+    """The `layer_type` layers of the functional `graph`, in graph order."""
+    return [layer for layer in graph.layers if isinstance(layer, layer_type)]
 
 
-def _block_summary(model):
+def _block_summary(graph):
     """E.g. "2 MixerBlock, 1 ConvMixerBlock", for error messages."""
-    layers = _graph(model).layers
+    layers = graph.layers
     kinds = (TransformerBlock, MixerBlock, ConvMixerBlock, keras.Model)
     counts = collections.Counter(type(layer).__name__ for layer in layers if isinstance(layer, kinds))
     summary = ", ".join(f"{count} {kind}" for kind, count in counts.items()) or "none"
@@ -113,14 +112,15 @@ def attention_model(model, layers=None):
     >>> scores["block_1"].shape
     (1, 2, 17, 17)
     """
-    blocks = _blocks(model, TransformerBlock)
+    graph = _graph(model)
+    blocks = _blocks(graph, TransformerBlock)
     if not blocks:
         raise ValueError(
             f"Model '{model.name}' has no attention: it contains no TransformerBlock. "
-            f"Received: a model with blocks: {_block_summary(model)}. "
+            f"Received: a model with blocks: {_block_summary(graph)}. "
             "For MLP-Mixer blocks use `token_mixing_weights`."
         )
-    valid = [block.name for block, _ in blocks]
+    valid = [block.name for block in blocks]
     if layers is not None:
         wanted = [layers] if isinstance(layers, str) else list(layers)
         unknown = [name for name in wanted if name not in valid]
@@ -129,15 +129,15 @@ def attention_model(model, layers=None):
                 f"`layers` must name TransformerBlocks of model '{model.name}': one of {valid}. "
                 f"Received: layers={layers!r}"
             )
-        blocks = [(block, node) for block, node in blocks if block.name in wanted]
+        blocks = [block for block in blocks if block.name in wanted]
     outputs = {}
-    for block, node in blocks:
-        args, kwargs = node.arguments.args, node.arguments.kwargs
+    for block in blocks:
+        args, kwargs = _internals.first_call_arguments(graph, block)
         x = args[0] if args else kwargs["inputs"]
         mask = args[1] if len(args) > 1 else kwargs.get("attention_mask")
         scores = _BlockScores(block, dtype=block.dtype_policy, name=f"{block.name}_scores")
         outputs[block.name] = scores(x, attention_mask=mask)
-    return keras.Model(_graph(model).input, outputs, name=f"{model.name}_attention")
+    return keras.Model(graph.input, outputs, name=f"{model.name}_attention")
 
 
 def _layer_index(name):
@@ -307,11 +307,12 @@ def token_mixing_weights(model, block=0):
     >>> token_mixing_weights(model, 0).shape[1:]
     (8, 8)
     """
-    blocks = [b for b, _ in _blocks(model, MixerBlock)]
+    graph = _graph(model)
+    blocks = _blocks(graph, MixerBlock)
     if not blocks:
         raise ValueError(
             f"Model '{model.name}' has no MixerBlock, so no token-mixing weights. "
-            f"Received: a model with blocks: {_block_summary(model)}"
+            f"Received: a model with blocks: {_block_summary(graph)}"
         )
     names = [b.name for b in blocks]
     if isinstance(block, str) and block in names:

@@ -7,7 +7,7 @@ import keras
 import numpy as np
 import pytest
 
-from keras_vitmix import augmentation, datasets
+from keras_vitmix import datasets
 
 SHARED = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-train-jpeg.tar.gz"
 CIFAR_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
@@ -106,22 +106,6 @@ def test_strong_augmentation_mixes_labels():
     np.testing.assert_allclose(labels.sum(axis=1), 1.0, atol=1e-5)
     assert np.any((labels > 0) & (labels < 1))  # some mixed
     assert np.asarray(images).min() >= 0 and np.asarray(images).max() <= 255
-
-
-def test_equalization_counts_with_bincount_in_the_pipeline():
-    import tensorflow as tf
-
-    layer = keras.layers.Equalization(value_range=(0, 255))
-    values = np.random.default_rng(0).uniform(0, 255, (4, 16, 16)).astype("float32")
-    values[0, 0, :3] = [0.0, 255.0, 254.999]  # both ends of the range
-    keras_counts = keras.ops.convert_to_numpy(
-        type(layer)._custom_histogram_fixed_width(layer, keras.ops.convert_to_tensor(values), (0, 255), 256)
-    )
-    augmentation.bincount_histogram(layer)
-    ours = layer._custom_histogram_fixed_width(tf.constant(values), (0, 255), 256).numpy()
-    expected = np.bincount(values.astype(int).ravel(), minlength=256)  # (0, 255) in 256 bins: the integer part
-    np.testing.assert_array_equal(ours, expected)
-    np.testing.assert_array_equal(keras_counts, expected)
 
 
 def test_folder_of_cifar_jpegs(cifar_folder):
