@@ -4,7 +4,9 @@ The recipe follows DeiT (Touvron et al., 2021, https://arxiv.org/abs/2012.12877)
 down: AdamW with decoupled weight decay that spares norms, biases, position embeddings
 and class tokens; a linear warmup then cosine decay; label smoothing; gradient clipping.
 `train()` wires it to `keras_vitmix.datasets` and writes a run folder that a killed run
-resumes from (`keras.callbacks.BackupAndRestore`).
+resumes from (`keras.callbacks.BackupAndRestore`). The loss and metrics it compiles with
+live in `keras_vitmix.losses` and `keras_vitmix.metrics`, which `import keras_vitmix`
+registers: the `.keras` files of a run reload, compiled, without this module.
 """
 
 import json
@@ -13,61 +15,14 @@ import time
 import warnings
 
 import keras
-from keras import ops
 
+from keras_vitmix import saving
+from keras_vitmix.losses import ClassificationLoss
+from keras_vitmix.metrics import top1_accuracy, top5_accuracy
 from keras_vitmix.training_callbacks import EpochTimer, callbacks
 
 # Variables named so are not decayed (LayerNorm/BatchNorm gamma/beta, biases, ...).
 NO_WEIGHT_DECAY = ("bias", "gamma", "beta", "position_embeddings", "class_token", "layer_scale")
-
-
-@keras.saving.register_keras_serializable(package="keras_vitmix")
-class ClassificationLoss(keras.losses.Loss):
-    """Cross-entropy with label smoothing for integer or one-hot (mixed) labels.
-
-    Args:
-        label_smoothing: float in [0, 1).
-        from_logits: bool, whether predictions are logits rather than probabilities.
-    """
-
-    def __init__(self, label_smoothing=0.1, from_logits=False, name="classification_loss", **kwargs):
-        super().__init__(name=name, **kwargs)
-        self.label_smoothing = float(label_smoothing)
-        self.from_logits = from_logits
-
-    def call(self, y_true, y_pred):
-        y_true = _one_hot_like(y_true, y_pred)
-        return keras.losses.categorical_crossentropy(
-            y_true, y_pred, from_logits=self.from_logits, label_smoothing=self.label_smoothing
-        )
-
-    def get_config(self):
-        return {**super().get_config(), "label_smoothing": self.label_smoothing, "from_logits": self.from_logits}
-
-
-def _one_hot_like(y_true, y_pred):
-    if len(y_true.shape) == len(y_pred.shape) and y_true.shape[-1] == y_pred.shape[-1]:
-        return ops.cast(y_true, y_pred.dtype)
-    labels = ops.reshape(ops.cast(y_true, "int32"), (-1,))
-    return ops.one_hot(labels, ops.shape(y_pred)[-1], dtype=y_pred.dtype)
-
-
-def _labels(y_true, y_pred):
-    """Integer labels from integer or one-hot (mixed: the larger share) labels."""
-    if len(y_true.shape) == len(y_pred.shape) and y_true.shape[-1] == y_pred.shape[-1]:
-        return ops.argmax(y_true, axis=-1)
-    return ops.reshape(ops.cast(y_true, "int32"), (-1,))
-
-
-@keras.saving.register_keras_serializable(package="keras_vitmix")
-def top1_accuracy(y_true, y_pred):
-    return ops.cast(ops.equal(_labels(y_true, y_pred), ops.argmax(y_pred, axis=-1)), "float32")
-
-
-@keras.saving.register_keras_serializable(package="keras_vitmix")
-def top5_accuracy(y_true, y_pred):
-    labels = ops.cast(_labels(y_true, y_pred), "int32")
-    return ops.cast(ops.in_top_k(labels, ops.cast(y_pred, "float32"), 5), "float32")
 
 
 def warmup_cosine(learning_rate, total_steps, warmup_steps):
@@ -254,9 +209,7 @@ def train(
     os.makedirs(output_dir, exist_ok=True)
     keras.utils.set_random_seed(seed)
     if isinstance(model, str) and model.endswith(".keras"):
-        if not os.path.isfile(model):
-            raise ValueError(f"No such model file. Received: model={model!r}")
-        model = keras.saving.load_model(model, compile=False)
+        model = saving.load_model(model, compile=False)
     size = datasets.as_image_size(image_size) or _model_image_size(model)
     load = dict(image_size=size, batch_size=batch_size, seed=seed)
     # One batch shape: XLA compiles one training step, not a second for the last batch.
@@ -283,7 +236,7 @@ def train(
             train_ds, validation_data=val_ds, epochs=epochs, callbacks=run_callbacks, verbose=verbose, shuffle=False
         )
         wall = time.perf_counter() - start
-        best = keras.saving.load_model(os.path.join(output_dir, "model.keras"))
+        best = saving.load_model(os.path.join(output_dir, "model.keras"))
         scores = best.evaluate(test_ds, return_dict=True, verbose=0)
     finally:
         keras.config.set_dtype_policy(previous_policy)
@@ -375,10 +328,8 @@ def evaluate(model, dataset, split="test", batch_size=128, output_dir=None):
     from keras_vitmix import datasets, plotting
 
     if isinstance(model, (str, os.PathLike)):
-        if not os.path.isfile(model):
-            raise ValueError(f"No such model file. Received: model={os.fspath(model)!r}")
         output_dir = output_dir or os.path.dirname(os.path.abspath(model))
-        model = keras.saving.load_model(model, compile=False)
+        model = saving.load_model(model, compile=False)
     output_dir = output_dir or "."
     ds, info = datasets.load(dataset, split, image_size=tuple(model.input_shape[1:3]), batch_size=batch_size)
     if model.output_shape[-1] != info.num_classes:

@@ -235,3 +235,59 @@ def test_curves_redraw_at_most_every_min_interval_and_at_the_end(min_interval, d
     curves.on_train_end()
     assert epochs_drawn == drawn  # the first epoch, then (throttled) none until the end
     assert os.path.getsize(png_path) > 0 and not os.path.exists(png_path[:-4] + ".tmp.png")
+
+
+# Runs in a fresh interpreter: what a user does with a run folder.
+RELOAD = """
+import json, sys
+import numpy as np
+import keras, keras_vitmix
+
+data, report = np.load(sys.argv[1]), {}
+for path in sys.argv[2:]:
+    model = keras.saving.load_model(path)
+    scores = model.evaluate(data["x"], data["y"], batch_size=64, return_dict=True, verbose=0)
+    report[path] = dict(
+        compiled=model.compiled,
+        loss=type(model.loss).__name__,
+        label_smoothing=model.loss.label_smoothing,
+        optimizer=type(model.optimizer).__name__,
+        iterations=int(keras.ops.convert_to_numpy(model.optimizer.iterations)),
+        scores={k: float(v) for k, v in scores.items()},
+    )
+assert "keras_vitmix.training" not in sys.modules  # loaded without the training module
+print("REPORT" + json.dumps(report))
+"""
+
+
+def test_run_files_reload_compiled_after_import_keras_vitmix_alone(tmp_path):
+    import subprocess
+    import sys
+
+    from keras_vitmix import datasets
+
+    training.train(
+        small("ConvMixer", hidden_dim=16, num_layers=1), "digits", epochs=1, batch_size=128, augment=False,
+        output_dir=str(tmp_path), verbose=0,
+    )
+    test, _ = datasets.load("digits", "test", image_size=(16, 16), batch_size=360)
+    x, y = (np.asarray(t) for t in next(iter(test)))
+    np.savez(tmp_path / "test.npz", x=x, y=y)
+    paths = [str(tmp_path / name) for name in ("model.keras", "last.keras")]
+    result = subprocess.run(
+        [sys.executable, "-c", RELOAD, str(tmp_path / "test.npz"), *paths],
+        env={**os.environ, "KERAS_BACKEND": keras.backend.backend(), "TF_CPP_MIN_LOG_LEVEL": "3"},
+        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))), capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    reports = json.loads(next(l for l in result.stdout.splitlines() if l.startswith("REPORT"))[len("REPORT"):])
+    for path in paths:
+        here = keras.saving.load_model(path)  # in this process, keras_vitmix.training is imported
+        expected = here.evaluate(x, y, batch_size=64, return_dict=True, verbose=0)
+        report = reports[path]
+        assert report["compiled"] and report["loss"] == "ClassificationLoss" and report["label_smoothing"] == 0.1
+        iterations = int(keras.ops.convert_to_numpy(here.optimizer.iterations))
+        assert report["optimizer"] == "AdamW" and report["iterations"] == iterations > 0, report
+        assert sorted(report["scores"]) == sorted(expected) == ["accuracy", "loss", "top5"], report
+        for key, value in expected.items():
+            assert report["scores"][key] == pytest.approx(value, rel=1e-5, abs=1e-6), (path, key, report)
