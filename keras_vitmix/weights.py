@@ -10,13 +10,13 @@ embedding made for another grid is resampled as timm resamples it. Nothing is as
 unless every tensor maps and every variable is filled with a tensor of its shape.
 
 `create_model(name, weights="timm")` fetches the checkpoint through timm and
-huggingface_hub; `load_timm_weights(model, source)` loads a timm model, a state dict or
-a `.safetensors` / `.pth` / `.bin` file into a model built here.
+huggingface_hub (this module registers the "timm" weights source with the registry);
+`load_timm_weights(model, source)` loads a timm model, a state dict or a `.safetensors`
+/ `.pth` / `.bin` file (read by `keras_vitmix.checkpoints`) into a model built here.
 """
 
 import difflib
 import importlib.util
-import os
 import re
 import sys
 import warnings
@@ -24,10 +24,11 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from keras_vitmix import checkpoints
 from keras_vitmix.applications import ConvMixer, MLPMixer, ViT
 from keras_vitmix.applications._common import NORMALIZATIONS
 from keras_vitmix.applications.registry import create_model as _create_model
-from keras_vitmix.applications.registry import model_info
+from keras_vitmix.applications.registry import model_info, register_weights_source
 from keras_vitmix.layers import resample_position_embedding
 
 # Per family: (our variable's layer path, as a regex) -> timm's module (or tensor) name
@@ -106,7 +107,7 @@ def load_timm_weights(model, source, load_head=None):
     >>> load_timm_weights(model, timm.create_model("vit_tiny_patch16_224"))
     """
     family = _family(model)
-    state = _state_dict(source)
+    state = checkpoints.state_dict(source)
     _check_normalization(model, getattr(source, "pretrained_cfg", None))
     variables = {v.path: v for v in model.weights}
     has_head = any(path.split("/")[0] in _HEADS for path in variables)
@@ -251,56 +252,6 @@ def _raise_on_problems(model, unmapped, unfilled, mismatched):
         )
 
 
-def _state_dict(source):
-    """Any supported source as {name: float NumPy array}."""
-    if isinstance(source, (str, os.PathLike)):
-        state = _read_file(os.fspath(source))
-    elif callable(getattr(source, "state_dict", None)):
-        state = source.state_dict()
-    elif isinstance(source, Mapping):
-        state = source
-    else:
-        raise TypeError(
-            "`source` must be a timm model, a state dict or a checkpoint path. "
-            f"Received: source of type {type(source).__name__}"
-        )
-    for wrapper in ("model", "state_dict"):  # training checkpoints nest the weights
-        if isinstance(state.get(wrapper), Mapping):
-            state = state[wrapper]
-    if state and all(k.startswith("module.") for k in state):  # saved from DataParallel
-        state = {k[len("module.") :]: v for k, v in state.items()}
-    return {k: _to_numpy(v) for k, v in state.items()}
-
-
-def _to_numpy(value):
-    if hasattr(value, "detach"):  # a torch tensor; NumPy has no bfloat16
-        value = value.detach().cpu()
-        value = value.float() if value.is_floating_point() else value
-        return value.numpy()
-    return np.asarray(value)
-
-
-def _read_file(path):
-    if not os.path.isfile(path):
-        raise ValueError(f"No checkpoint file at this path. Received: source={path!r}")
-    if path.endswith(".safetensors"):
-        from safetensors import numpy as safetensors_numpy
-
-        try:
-            return safetensors_numpy.load_file(path)
-        except (TypeError, ValueError):  # bfloat16, which NumPy lacks: read through torch
-            from safetensors import torch as safetensors_torch
-
-            return safetensors_torch.load_file(path)
-    if path.endswith((".pth", ".pt", ".bin")):
-        import torch
-
-        return torch.load(path, map_location="cpu", weights_only=True)
-    raise ValueError(
-        f"A checkpoint file must end in .safetensors, .pth, .pt or .bin. Received: source={path!r}"
-    )
-
-
 def create_from_timm(name, weights, **overrides):
     """`create_model(name, weights="timm" | "timm:<timm name>", **overrides)`.
 
@@ -396,3 +347,6 @@ def _fetch(cfg):
             "Offline, build the model with weights=None and call "
             "keras_vitmix.weights.load_timm_weights(model, path_to_checkpoint)."
         ) from error
+
+
+register_weights_source("timm", create_from_timm)

@@ -164,3 +164,34 @@ def test_create_model_loads_what_timm_fetches(monkeypatch):
         np.asarray(tuned.get_layer("patch_embedding").distillation_token),
         tu.reference(name).dist_token.detach().numpy(),
     )
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".pth", ".bin"])
+def test_corrupt_or_truncated_checkpoint_files_are_named(suffix, tmp_path, model):
+    import torch
+    from safetensors.torch import save_file
+
+    good = tmp_path / f"good{suffix}"
+    state = {"cls_token": torch.ones(1, 1, 192), "norm.weight": torch.ones(192)}
+    save_file(state, good) if suffix == ".safetensors" else torch.save(state, good)
+    data = good.read_bytes()
+    expected = "a safetensors file" if suffix == ".safetensors" else "a PyTorch checkpoint"
+    before = snapshot(model)
+    for kind, content in {"garbage": b"not a checkpoint" * 8, "empty": b"", "truncated": data[: len(data) // 2]}.items():
+        path = tmp_path / f"{kind}{suffix}"
+        path.write_bytes(content)
+        message = rf"Could not read the checkpoint file '.*{kind}\{suffix}' \({len(content):,} bytes; truncated"
+        with pytest.raises(ValueError, match=rf"{message}.*Expected {expected}"):
+            load_timm_weights(model, path)
+    assert_untouched(model, before)
+    # A well-formed file reads: the failure is in the checkpoint, not the weights.
+    with pytest.raises(ValueError, match=r"does not match model"):
+        load_timm_weights(model, good)
+
+
+def test_a_torch_file_without_a_state_dict_is_named(tmp_path, model):
+    import torch
+
+    torch.save([1, 2, 3], tmp_path / "list.pth")
+    with pytest.raises(ValueError, match=r"'.*list\.pth' holds a list, not a state dict"):
+        load_timm_weights(model, tmp_path / "list.pth")

@@ -1,13 +1,16 @@
 """Named variants: `register_model`, `list_models`, `create_model` (as in timm).
 
 Variants are small data tables in each family's module; one test suite runs over
-every registered name.
+every registered name. Pretrained weights come from sources that register themselves
+here (`register_weights_source`): `keras_vitmix.weights` registers "timm", so that
+`create_model(name, weights="timm")` works without this module importing it.
 """
 
 import difflib
 import fnmatch
 
 _REGISTRY = {}
+_WEIGHTS_SOURCES = {}
 
 
 def register_model(name, family, description="", **config):
@@ -40,6 +43,41 @@ def model_info(name):
     return {**entry, "config": dict(entry["config"])}
 
 
+def register_weights_source(prefix, loader):
+    """Lets `create_model(name, weights=prefix)` and `weights=f"{prefix}:<id>"` build
+    through `loader`.
+
+    Args:
+        prefix: str, the source's name, without ":" (e.g. "timm"; "hf" could follow).
+        loader: callable `loader(name, weights, **overrides)` returning the model: the
+            registered variant `name` built with `overrides`, its weights loaded from
+            `weights` (the string as given).
+    """
+    if not isinstance(prefix, str) or not prefix or ":" in prefix:
+        raise ValueError(f"`prefix` must be a non-empty str without ':'. Received: prefix={prefix!r}")
+    if not callable(loader):
+        raise TypeError(f"`loader` must be callable. Received: loader of type {type(loader).__name__}")
+    known = _WEIGHTS_SOURCES.get(prefix)
+    if known is not None and _where(known) != _where(loader):  # a re-import registers the same one
+        raise ValueError(f"A weights source named {prefix!r} is already registered: {_where(known)}.")
+    _WEIGHTS_SOURCES[prefix] = loader
+
+
+def _where(loader):
+    return f"{getattr(loader, '__module__', '?')}.{getattr(loader, '__qualname__', repr(loader))}"
+
+
+def list_weights_sources():
+    """Sorted prefixes of the registered weights sources (e.g. ["timm"])."""
+    return sorted(_WEIGHTS_SOURCES)
+
+
+def _weights_loader(weights):
+    if not isinstance(weights, str):
+        return None
+    return _WEIGHTS_SOURCES.get(weights.partition(":")[0])
+
+
 def create_model(name, **overrides):
     """Builds the registered variant `name`, with constructor arguments overridden.
 
@@ -47,9 +85,10 @@ def create_model(name, **overrides):
         name: a name from `list_models()`.
         **overrides: constructor arguments replacing the variant's (e.g.
             `input_shape=(64, 64, 3)`, `classes=10`, `include_top=False`).
-            `weights="timm"` loads timm's pretrained checkpoint of the same name,
-            `weights="timm:<timm name>"` another one (e.g.
-            "timm:vit_small_patch16_224.augreg_in1k"), fetched through timm and
+            `weights` may name a registered weights source
+            (`list_weights_sources()`): `weights="timm"` loads timm's pretrained
+            checkpoint of the same name, `weights="timm:<timm name>"` another one
+            (e.g. "timm:vit_small_patch16_224.augreg_in1k"), fetched through timm and
             huggingface_hub; the model takes the checkpoint's normalization, and a
             `classes` other than the checkpoint's gets a new head (see
             `keras_vitmix.weights`).
@@ -64,13 +103,10 @@ def create_model(name, **overrides):
     """
     if not isinstance(name, str):
         raise TypeError(f"`name` must be a str from list_models(). Received: name={name!r}")
-    weights = overrides.get("weights")
-    if isinstance(weights, str) and (weights == "timm" or weights.startswith("timm:")):
-        from keras_vitmix.weights import create_from_timm  # imports this module
-
-        model_info(name)  # an unknown name fails before timm is imported
-        return create_from_timm(name, **overrides)
-    entry = model_info(name)
+    entry = model_info(name)  # an unknown name fails before a weights source runs
+    loader = _weights_loader(overrides.get("weights"))
+    if loader is not None:
+        return loader(name, **overrides)
     config = {**entry["config"], "name": name, **overrides}
     return entry["family"](**config)
 
