@@ -4,7 +4,8 @@ Keras picks its backend once per process, so a model built under JAX or torch is
 as `.keras` and re-loaded under TensorFlow in a subprocess. Starting TensorFlow is most
 of an export's time, so the subprocess stays up for the session's later exports; it
 reads one JSON request per line on stdin, answers one JSON line, and ends with its stdin
-(when this process ends).
+(when this process ends). The subprocess writes with `keras_vitmix._export_writer`, as
+`keras_vitmix.export` does under TensorFlow; this module imports neither of them here.
 """
 
 import atexit
@@ -61,7 +62,11 @@ class _Worker:
 
 
 def export(keras_path, path, **options):
-    """`keras_vitmix.export.export(keras_path, path, **options)` run under TensorFlow."""
+    """`keras_vitmix._export_writer.write(keras_path, path, **options)` run under TensorFlow.
+
+    `options` are the writer's (format, image_dtype, batch_size, opset), checked by
+    `keras_vitmix.export.export`; `path` is replaced if it exists.
+    """
     global _worker
     with _lock:
         if _worker is None or not _worker.alive():
@@ -78,12 +83,12 @@ def export(keras_path, path, **options):
 def _serve():
     replies = os.fdopen(os.dup(1), "w")
     os.dup2(2, 1)  # anything printed while exporting goes to the log, not into the replies
-    from keras_vitmix import export as export_module
+    from keras_vitmix import _export_writer
 
     for line in sys.stdin:
         job = json.loads(line)
         try:
-            export_module.export(job.pop("model"), job.pop("path"), overwrite=True, verbose=False, **job)
+            _export_writer.write(job.pop("model"), job.pop("path"), **job)
             reply = {"ok": True}
         except ValueError as error:
             reply = {"ok": False, "type": "ValueError", "message": str(error)}

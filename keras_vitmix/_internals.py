@@ -122,3 +122,108 @@ def _bincount_histogram(values, value_range, nbins):
     scaled = (tf.cast(values, "float32") - low) * (nbins - 1) / (high - low)
     indices = tf.clip_by_value(tf.cast(scaled, "int32"), 0, nbins - 1)
     return tf.math.bincount(tf.reshape(indices, [-1]), minlength=nbins, maxlength=nbins, dtype="int32")
+
+
+# --- export ---
+#
+# An export serves in float32, so it needs every layer of a model, nested ones included,
+# to see whether any computes in a mixed precision; Keras lists a layer's sublayers only
+# privately (`Layer._flatten_layers`). tf2onnx 1.17 predates NumPy 2, and Keras carries
+# the fix for its own ONNX export in a private module. TensorFlow freezes a function's
+# variables into constants (what ONNX needs) only in `tensorflow.python`.
+
+_FLATTEN_LAYERS = "_flatten_layers"  # of a layer: itself and every nested sublayer
+_TF2ONNX_PATCH_MODULE = "keras.src.export.tf2onnx_lib"
+_CONVERT_TO_CONSTANTS_MODULE = "tensorflow.python.framework.convert_to_constants"
+
+
+def flatten_layers(layer):
+    """`layer` and every layer nested in it, each once, parents before their sublayers.
+
+    Keras's `Layer._flatten_layers(include_self=True, recursive=True)` walks the
+    sublayers Keras tracks. Without it (another Keras), the public path: a model's
+    `layers`, and for any other layer the layers held by its attributes, directly or in
+    lists, tuples and dicts (where Keras's tracking finds them too).
+    """
+    flatten = getattr(layer, _FLATTEN_LAYERS, None)
+    if callable(flatten):
+        try:
+            return list(flatten(include_self=True, recursive=True))
+        except TypeError:  # another signature: the public walk
+            pass
+    return _walk_layers(layer)
+
+
+def _walk_layers(root):
+    import keras
+
+    found, seen, stack = [], set(), [root]
+    while stack:
+        layer = stack.pop()
+        if id(layer) in seen:
+            continue
+        seen.add(id(layer))
+        found.append(layer)
+        children = layer.layers if isinstance(layer, keras.Model) else _held_layers(vars(layer).values())
+        stack.extend(reversed([child for child in children if id(child) not in seen]))
+    return found
+
+
+def _held_layers(values):
+    import keras
+
+    layers, pending, opened = [], list(values), set()
+    while pending:
+        value = pending.pop(0)
+        if isinstance(value, keras.layers.Layer):
+            layers.append(value)
+        elif isinstance(value, (list, tuple, dict)) and id(value) not in opened:
+            opened.add(id(value))
+            pending.extend(value.values() if isinstance(value, dict) else value)
+    return layers
+
+
+def patch_tf2onnx():
+    """Applies Keras's fix of tf2onnx for NumPy 2 before a conversion; returns whether it
+    did.
+
+    tf2onnx 1.17 predates NumPy 2; Keras's own ONNX export patches its constant folding
+    and its external-data attribute with `keras.src.export.tf2onnx_lib.patch_tf2onnx`
+    (once per process). Where that module is missing (another Keras), nothing is patched:
+    tf2onnx converts as it is, and its own errors are reported.
+    """
+    import importlib
+
+    try:
+        module = importlib.import_module(_TF2ONNX_PATCH_MODULE)
+    except ImportError:
+        return False
+    patch = getattr(module, "patch_tf2onnx", None)
+    if not callable(patch):
+        return False
+    patch()
+    return True
+
+
+def frozen_graph(concrete_function):
+    """The graph of a one-input, one-output `tf.function`, its variables and captured
+    tensors made constants: (GraphDef, input tensor name, output tensor name).
+
+    TensorFlow's `convert_variables_to_constants_v2` (in `tensorflow.python`, as
+    tf2onnx and Keras's ONNX export use it). Where that module is missing, tf2onnx's
+    `tf_loader.from_function`, which freezes with it where it can and then prunes the
+    graph with TensorFlow's graph optimizer: the same computation, for the same names.
+    """
+    import importlib
+
+    try:
+        convert = importlib.import_module(_CONVERT_TO_CONSTANTS_MODULE).convert_variables_to_constants_v2
+    except (ImportError, AttributeError):
+        convert = None
+    if convert is not None:
+        frozen = convert(concrete_function, lower_control_flow=False, aggressive_inlining=True)
+        return frozen.graph.as_graph_def(), frozen.inputs[0].name, frozen.outputs[0].name
+    from tf2onnx import tf_loader
+
+    names = concrete_function.inputs[0].name, concrete_function.outputs[0].name
+    return tf_loader.from_function(concrete_function, [names[0]], [names[1]]), names[0], names[1]
