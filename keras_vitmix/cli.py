@@ -1,23 +1,61 @@
-"""The `keras-vitmix` command.
+"""The `keras-vitmix` command: list, train, evaluate, visualize and export models.
 
-`--backend` must take effect before Keras is imported; see `_use_backend`.
+`keras-vitmix` enters through `keras_vitmix_cli`, which prepares the process before this
+package (and Keras) is imported: the backend, quiet TensorFlow start-up, the allocator.
+`main` here parses and runs one command; called in a process where Keras already runs
+another backend than `--backend`, it runs the command again in a fresh process.
 """
 
 import argparse
+import functools
 import os
 import sys
 
+BACKENDS = ("tensorflow", "jax", "torch")
+
 
 def _parser():
+    # `--backend` is accepted before and after the subcommand. The subcommands' copy (one
+    # Action shared through `parents`) defaults to SUPPRESS, so that it leaves the value
+    # given before the subcommand alone when not given after it.
+    backend = dict(choices=BACKENDS, help="Keras backend (default: KERAS_BACKEND)")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--backend", default=argparse.SUPPRESS, **backend)
     parser = argparse.ArgumentParser(prog="keras-vitmix", description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--backend", choices=("tensorflow", "jax", "torch"), help="Keras backend (default: KERAS_BACKEND)"
-    )
+    parser.add_argument("--backend", default=None, **backend)
     commands = parser.add_subparsers(dest="command", required=True)
-    models = commands.add_parser("models", help="list the registered model variants")
+    add = functools.partial(commands.add_parser, parents=[common])
+    models = add("models", help="list the registered model variants")
     models.add_argument("pattern", nargs="?", default=None, help="glob filter, e.g. 'vit_*'")
     models.add_argument("--params", action="store_true", help="build each model and count its parameters")
-    train = commands.add_parser("train", help="train a model with the recipe; writes a run folder")
+    _add_train(add)
+    evaluate = add("evaluate", help="accuracy and a confusion matrix of a saved model")
+    evaluate.add_argument("--model", required=True, help="a .keras file, e.g. runs/train/model.keras")
+    evaluate.add_argument("--dataset", default="digits")
+    evaluate.add_argument("--split", choices=("train", "validation", "test"), default="test")
+    evaluate.add_argument("--batch-size", type=int, default=128)
+    evaluate.add_argument("--output", default=None, help="folder for confusion_matrix.png (default: the model's)")
+    visualize = add("visualize", help="attention maps (or Mixer weights) of a saved model")
+    visualize.add_argument("--model", required=True, help="a .keras file, e.g. runs/train/model.keras")
+    visualize.add_argument("--image", default=None, help="an image file; default: a test image of the run's dataset")
+    visualize.add_argument("--layer", default=None, help="block name, e.g. block_0 (default: the last)")
+    visualize.add_argument("--head", type=int, default=None, help="head index (default: mean of heads)")
+    visualize.add_argument("--query", default=None, help="query patch as ROW,COL or an index (default: centre)")
+    visualize.add_argument("--output", default=None, help="folder for the figures (default: <model folder>/attention)")
+    visualize.add_argument("--animate", action="store_true", help="also a GIF stepping the query over all patches")
+    export = add("export", help="a SavedModel or ONNX file of a saved model, for serving")
+    export.add_argument("--model", required=True, help="a .keras file, e.g. runs/train/model.keras")
+    export.add_argument("--output", required=True, help="a directory (tf_saved_model) or a file (onnx)")
+    export.add_argument("--format", choices=("tf_saved_model", "onnx"), default="tf_saved_model")
+    export.add_argument("--image-dtype", choices=("uint8", "float32"), default="uint8", help="dtype of served images")
+    export.add_argument("--batch-size", type=int, default=None, help="a fixed batch size (default: any)")
+    export.add_argument("--opset", type=int, default=None, help="ONNX opset (default: tf2onnx's)")
+    export.add_argument("--overwrite", action="store_true", help="replace an existing export")
+    return parser
+
+
+def _add_train(add):
+    train = add("train", help="train a model with the recipe; writes a run folder")
     train.add_argument("--model", default="hybrid_mixer_vit_cifar_patch4_32", help="registered name or .keras path")
     train.add_argument("--dataset", default="digits", help="'digits', a TFDS name, or a train/<class>/ folder")
     train.add_argument("--epochs", type=int, default=10)
@@ -35,29 +73,6 @@ def _parser():
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--ema", type=float, default=None, metavar="MOMENTUM",
                        help="validate and keep an exponential moving average of the weights, e.g. 0.999")
-    evaluate = commands.add_parser("evaluate", help="accuracy and a confusion matrix of a saved model")
-    evaluate.add_argument("--model", required=True, help="a .keras file, e.g. runs/train/model.keras")
-    evaluate.add_argument("--dataset", default="digits")
-    evaluate.add_argument("--split", choices=("train", "validation", "test"), default="test")
-    evaluate.add_argument("--batch-size", type=int, default=128)
-    evaluate.add_argument("--output", default=None, help="folder for confusion_matrix.png (default: the model's)")
-    visualize = commands.add_parser("visualize", help="attention maps (or Mixer weights) of a saved model")
-    visualize.add_argument("--model", required=True, help="a .keras file, e.g. runs/train/model.keras")
-    visualize.add_argument("--image", default=None, help="an image file; default: a test image of the run's dataset")
-    visualize.add_argument("--layer", default=None, help="block name, e.g. block_0 (default: the last)")
-    visualize.add_argument("--head", type=int, default=None, help="head index (default: mean of heads)")
-    visualize.add_argument("--query", default=None, help="query patch as ROW,COL or an index (default: centre)")
-    visualize.add_argument("--output", default=None, help="folder for the figures (default: <model folder>/attention)")
-    visualize.add_argument("--animate", action="store_true", help="also a GIF stepping the query over all patches")
-    export = commands.add_parser("export", help="a SavedModel or ONNX file of a saved model, for serving")
-    export.add_argument("--model", required=True, help="a .keras file, e.g. runs/train/model.keras")
-    export.add_argument("--output", required=True, help="a directory (tf_saved_model) or a file (onnx)")
-    export.add_argument("--format", choices=("tf_saved_model", "onnx"), default="tf_saved_model")
-    export.add_argument("--image-dtype", choices=("uint8", "float32"), default="uint8", help="dtype of served images")
-    export.add_argument("--batch-size", type=int, default=None, help="a fixed batch size (default: any)")
-    export.add_argument("--opset", type=int, default=None, help="ONNX opset (default: tf2onnx's)")
-    export.add_argument("--overwrite", action="store_true", help="replace an existing export")
-    return parser
 
 
 def _train(args):
@@ -106,17 +121,6 @@ def _export(args):
     return 0
 
 
-def _read_image(path):
-    import numpy as np
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as image:
-            return np.asarray(image.convert("RGB"))
-    except (UnidentifiedImageError, OSError) as error:
-        raise ValueError(f"Not a readable image file. Received: --image {path} ({error})") from None
-
-
 def _sample_image(model_path, size):
     """A test image of the dataset recorded in the run's metrics.json."""
     import json
@@ -137,12 +141,12 @@ def _sample_image(model_path, size):
 def _visualize(args):
     import keras
 
-    from keras_vitmix import visualize
+    from keras_vitmix import datasets, visualize
 
     if not os.path.isfile(args.model):
         raise ValueError(f"No such model file. Received: --model {args.model}")
     model = keras.saving.load_model(args.model, compile=False)
-    image = _read_image(args.image) if args.image else _sample_image(args.model, tuple(model.input_shape[1:3]))
+    image = datasets.read_image(args.image) if args.image else _sample_image(args.model, tuple(model.input_shape[1:3]))
     query = args.query
     if query is not None:
         parts = query.split(",")
@@ -178,12 +182,15 @@ def _models(args):
 def _use_backend(backend, argv):
     """Keras fixes its backend when first imported, and importing this package imports
     Keras: if another backend is already loaded, run this command again in a fresh
-    process with KERAS_BACKEND set."""
+    process with KERAS_BACKEND set, through the entry point that keeps TensorFlow's
+    start-up quiet (`keras_vitmix_cli`, found beside this package)."""
     os.environ["KERAS_BACKEND"] = backend
     keras = sys.modules.get("keras")
     if keras is not None and keras.backend.backend() != backend:
         argv = sys.argv[1:] if argv is None else list(argv)
-        os.execv(sys.executable, [sys.executable, "-m", "keras_vitmix.cli", *argv])
+        beside = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        start = f"import sys; sys.path.append({beside!r}); import keras_vitmix_cli; sys.exit(keras_vitmix_cli.main())"
+        os.execv(sys.executable, [sys.executable, "-c", start, *argv])
 
 
 def main(argv=None):
@@ -200,5 +207,5 @@ def main(argv=None):
         return 2
 
 
-if __name__ == "__main__":
+if __name__ == "__main__":  # `python -m keras_vitmix.cli`; `keras-vitmix` is quieter
     sys.exit(main())

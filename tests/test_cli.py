@@ -1,4 +1,4 @@
-"""The `keras-vitmix` command: models, train, evaluate, visualize, --backend."""
+"""The `keras-vitmix` command: models, train, evaluate, visualize, --backend, a quiet start."""
 
 import json
 import os
@@ -10,8 +10,13 @@ import keras
 import numpy as np
 import pytest
 
-from keras_vitmix import cli
+import keras_vitmix_cli
+from keras_vitmix import cli, config
 from keras_vitmix.applications import ViT
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# What TensorFlow's C++ side prints at start-up: absl's banner, then glog-style lines.
+START_UP = re.compile(r"absl::InitializeLog|^[IWEF]\d{4} .*\] |oneDNN|cudart|cpu_feature_guard", re.M)
 
 
 @pytest.fixture(scope="module")
@@ -88,18 +93,68 @@ def test_bad_input_is_one_clear_line(args, message, capsys, tmp_path):
 def test_visualize_refuses_a_non_image(run, tmp_path, capsys):
     (tmp_path / "notes.png").write_text("not an image")
     assert cli.main(["visualize", "--model", str(run / "model.keras"), "--image", str(tmp_path / "notes.png")]) == 2
-    assert "Not a readable image file" in capsys.readouterr().err
+    error = capsys.readouterr().err
+    assert "Not a complete JPEG, PNG, BMP or GIF image" in error and "notes.png" in error
     assert cli.main(["visualize", "--model", str(run / "model.keras"), "--head", "7", "--output", str(tmp_path)]) == 2
     assert "head" in capsys.readouterr().err
+
+
+def test_backend_goes_before_or_after_the_command():
+    parser = cli._parser()
+    before = parser.parse_args(["--backend", "torch", "train", "--epochs", "2"])
+    after = parser.parse_args(["train", "--epochs", "2", "--backend", "torch"])
+    assert vars(before) == vars(after) and after.backend == "torch"
+    assert parser.parse_args(["models"]).backend is None
+    assert parser.parse_args(["--backend", "jax", "models", "--backend", "torch"]).backend == "torch"
+    assert keras_vitmix_cli._backend_and_command(["models", "--backend=jax", "vit_*"]) == ("jax", "models")
+
+
+def test_native_log_lines_below_the_level_are_held_back(capfd, monkeypatch):
+    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "2")
+    with keras_vitmix_cli.filtered_native_stderr():
+        os.write(2, b"WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n")
+        os.write(2, b"I0000 00:00:1796410050.560654    5868 port.cc:153] oneDNN custom operations are on.\n")
+        os.write(2, b"E0000 00:00:1796410162.953012    8238 cuda_platform.cc:52] failed call to cuInit\n")
+        os.write(2, b"a line of our own\n")
+    assert capfd.readouterr().err.splitlines() == [
+        "E0000 00:00:1796410162.953012    8238 cuda_platform.cc:52] failed call to cuInit", "a line of our own",
+    ]
+    with pytest.raises(RuntimeError), keras_vitmix_cli.filtered_native_stderr():  # a failure shows everything
+        os.write(2, b"I0000 00:00:1.5 1 port.cc:153] context\n")
+        raise RuntimeError
+    assert "port.cc" in capfd.readouterr().err
+
+
+def test_the_command_tunes_malloc_and_picks_the_backend(monkeypatch, capsys):
+    calls = []
+    monkeypatch.setattr(config, "tune_malloc", lambda: calls.append(True))
+    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "3")
+    monkeypatch.setenv("KERAS_BACKEND", "neither")
+    backend = keras.backend.backend()
+    assert keras_vitmix_cli.main(["models", "seed_vit", "--backend", backend]) == 0
+    assert calls == [True] and os.environ["KERAS_BACKEND"] == backend
+    assert capsys.readouterr().out.startswith("seed_vit")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("environment, arguments", [("tensorflow", []), ("jax", ["--backend", "tensorflow"])])
+def test_tensorflow_starts_quietly(environment, arguments):
+    """Under TensorFlow (the default backend, or `--backend` after the subcommand) the
+    command's stderr holds none of TensorFlow's C++ start-up lines."""
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    env.update(KERAS_BACKEND=environment, PYTHONPATH=REPO)
+    command = [sys.executable, "-m", "keras_vitmix_cli", "models", "seed_vit", *arguments]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.startswith("seed_vit") and not START_UP.search(done.stderr), done.stderr[-2000:]
 
 
 @pytest.mark.slow
 def test_backend_flag_takes_effect_before_keras_is_imported(run, tmp_path):
     other = "torch" if keras.backend.backend() == "jax" else "jax"
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = {**os.environ, "KERAS_BACKEND": keras.backend.backend(), "PYTHONPATH": repo}
-    command = [sys.executable, "-m", "keras_vitmix.cli", "--backend", other, "train", "--model",
-               str(run / "model.keras"), "--epochs", "1", "--augment", "none", "--output", str(tmp_path)]
+    env = {**os.environ, "KERAS_BACKEND": keras.backend.backend(), "PYTHONPATH": REPO}
+    command = [sys.executable, "-m", "keras_vitmix.cli", "train", "--model", str(run / "model.keras"), "--epochs",
+               "1", "--augment", "none", "--output", str(tmp_path), "--backend", other]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     assert json.loads((tmp_path / "metrics.json").read_text())["backend"] == other

@@ -60,15 +60,7 @@ def load(
     >>> info.num_classes, info.image_shape
     (10, (32, 32, 3))
     """
-    check_split(split)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"`batch_size` must be an integer >= 1. Received: batch_size={batch_size!r}")
-    if augment not in AUGMENTS:
-        raise ValueError(f"`augment` must be one of {AUGMENTS}. Received: augment={augment!r}")
-    if not 0.0 < validation_fraction < 1.0:
-        raise ValueError(
-            f"`validation_fraction` must be in (0, 1). Received: validation_fraction={validation_fraction}"
-        )
+    _check(split, batch_size, augment, validation_fraction)
     image_size = as_image_size(image_size)
     shuffle = split == "train" if shuffle is None else bool(shuffle)
     name = os.fspath(name_or_path)
@@ -104,6 +96,18 @@ def resolve(name_or_path="cifar10", fallback="digits", data_dir=None):
     print(f"Dataset: {info.name} ({info.source}, {info.num_examples:,} training images, "
           f"{info.num_classes} classes){reason}")
     return os.fspath(name), info
+
+
+def _check(split, batch_size, augment, validation_fraction):
+    check_split(split)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"`batch_size` must be an integer >= 1. Received: batch_size={batch_size!r}")
+    if augment not in AUGMENTS:
+        raise ValueError(f"`augment` must be one of {AUGMENTS}. Received: augment={augment!r}")
+    if not 0.0 < validation_fraction < 1.0:
+        raise ValueError(
+            f"`validation_fraction` must be in (0, 1). Received: validation_fraction={validation_fraction}"
+        )
 
 
 def _batches(ds, info, batch_size, augment, shuffle, seed, drop_remainder=False):

@@ -49,8 +49,8 @@ def folder(root, split, image_size, seed, validation_fraction, shuffle=False):
 
     With `shuffle`, the file list is permuted (seeded) before it is read: folders list
     their images class by class, and a folder larger than the pipeline's shuffle buffer
-    would otherwise stream in class order (benchmarks/RESULTS.md, "Accuracy on CIFAR-10
-    with a shuffled folder stream").
+    would otherwise stream in class order, each epoch ending on the last classes
+    (commit 60acea8 measured what that cost).
     """
     import tensorflow as tf
 
