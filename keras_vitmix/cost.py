@@ -6,8 +6,8 @@ MLP-Mixer's token-mixing MLP (Tolstikhin et al., 2021, https://arxiv.org/abs/210
 and ConvMixer's depthwise convolutions (Trockman & Kolter, 2022,
 https://arxiv.org/abs/2201.09792) grow as N. These helpers time inference on the machine
 at hand, measure the memory a call adds and fit the exponent of the power law; the
-tutorials and benchmarks/scaling.py use them. `keras_vitmix.plotting` draws the results
-(`cost_curves`, `speed_accuracy`; also reachable here, where they used to live).
+tutorials and benchmarks/scaling.py use them. `cost_curves` and `speed_accuracy` turn the
+measurements into the data of a figure and leave the drawing to `keras_vitmix.plotting`.
 
 Timings are wall-clock medians on whatever else the machine is doing: compare curves
 measured together, in one process, and read exponents from the larger sizes, where fixed
@@ -24,6 +24,7 @@ import numpy as np
 
 from keras_vitmix.applications import create_model
 from keras_vitmix.inspection import patch_grid
+from keras_vitmix.plotting import charts
 
 Measurement = collections.namedtuple("Measurement", "label tokens seconds parameters")
 Measurement.__doc__ = """Inference time at several sizes: `tokens`, `seconds` (median per call) and
@@ -185,12 +186,51 @@ def power_law_exponent(tokens, seconds, last=None):
     return round(float(np.polyfit(x[-last:], y[-last:], 1)[0]), 6)
 
 
-def __getattr__(name):
-    # The figures moved to keras_vitmix.plotting; `cost.cost_curves` and
-    # `cost.speed_accuracy` keep working (the tutorials call them). Imported on first use,
-    # so that this module never imports the figures that import it.
-    if name in ("cost_curves", "speed_accuracy"):
-        from keras_vitmix.plotting import cost as figures
+def cost_curves(measurements, last=None, ax=None, scale=1e3, ylabel="inference time per batch (ms)"):
+    """Inference time against tokens, log-log, one line per measurement (and slopes 1, 2).
 
-        return getattr(figures, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    Args:
+        measurements: a `Measurement` or a list of them.
+        last: passed to `power_law_exponent` for the exponents in the legend.
+        ax: a matplotlib axis to draw into (one panel of a larger figure); a new
+            figure when None.
+        scale, ylabel: the y axis shows `seconds * scale`, under `ylabel`. The defaults
+            plot milliseconds; another positive quantity stored in `seconds` (bytes,
+            say) plots with its own `scale` and `ylabel`.
+
+    Returns:
+        The Figure holding the log-log axis; each curve's legend gives its fitted
+        exponent. Dotted reference lines of slope 1 and 2 start at the first curve's
+        first point.
+
+    Example:
+
+    >>> fig = cost_curves(Measurement("toy", np.array([4, 16]), np.array([1e-3, 4e-3]), np.array([10, 10])))
+    """
+    measurements = [measurements] if isinstance(measurements, Measurement) else list(measurements)
+    curves = [
+        (f"{m.label} (~N^{power_law_exponent(m.tokens, m.seconds, last):.2f})", m.tokens, np.asarray(m.seconds) * scale)
+        for m in measurements
+    ]
+    first = measurements[0]
+    x = np.array([first.tokens[0], max(m.tokens[-1] for m in measurements)], float)
+    references = [(f"slope {k}", x, first.seconds[0] * scale * (x / x[0]) ** k) for k in (1, 2)]
+    return charts.loglog_curves(curves, "tokens N (patches)", ylabel, references, ax=ax)
+
+
+def speed_accuracy(results):
+    """Accuracy against inference time, one labelled point per model: the trade-off.
+
+    Args:
+        results: dict `{label: (seconds, accuracy)}`, e.g. seconds per batch from
+            `time_forward` and test accuracy in [0, 1].
+
+    Returns:
+        A Figure with one axis: x = inference time (ms), y = accuracy (%).
+
+    Example:
+
+    >>> fig = speed_accuracy({"ViT": (0.02, 0.91), "Mixer": (0.01, 0.88)})
+    """
+    points = {label: (seconds * 1e3, accuracy * 100) for label, (seconds, accuracy) in results.items()}
+    return charts.labelled_points(points, "inference time per batch (ms)", "test accuracy (%)")
