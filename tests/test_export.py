@@ -10,7 +10,7 @@ import keras
 import numpy as np
 import pytest
 
-from keras_vitmix import _export_writer, export
+from keras_vitmix import _export_writer, _internals, export
 
 from tests.small_models import FAMILIES, small
 
@@ -81,7 +81,7 @@ print("REPORT" + json.dumps(report))
 def trained(model):
     """BatchNorm statistics moved away from their initial values (0 and 1), as training does."""
     rng = np.random.default_rng(0)
-    for layer in model._flatten_layers():
+    for layer in _internals.flatten_layers(model):
         if isinstance(layer, keras.layers.BatchNormalization):
             layer.moving_mean.assign(rng.normal(0, 0.5, layer.moving_mean.shape))
             layer.moving_variance.assign(rng.uniform(0.5, 2, layer.moving_variance.shape))
