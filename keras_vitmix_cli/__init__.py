@@ -46,6 +46,9 @@ def filtered_native_stderr():
         min_level = int(os.environ.get("TF_CPP_MIN_LOG_LEVEL", "0"))
     except ValueError:
         min_level = 0
+    if sys.stderr is None:  # started with descriptor 2 closed: nothing to show or filter
+        yield
+        return
     sys.stderr.flush()
     saved = os.dup(2)
     failed = True
