@@ -234,13 +234,13 @@ def format_summary(summary, args):
 def figure(rows, args):
     """A column per backend: inference and training time per image, training memory; log-log."""
     from keras_vitmix.cost import Measurement, cost_curves
-    from keras_vitmix.plotting import _pyplot
+    from keras_vitmix.plotting import pyplot
 
     panels = [(lambda curve: steady_seconds(curve, "infer"), 1e3 / args.batch_size, "inference (ms per image)"),
               (lambda curve: steady_seconds(curve, "train"), 1e3 / args.batch_size, "training step (ms per image)"),
               (lambda curve: [row["train_mb"] for row in curve], 1.0, "peak memory, training step (MB)")]
     backends = list(dict.fromkeys(row["backend"] for row in rows))
-    fig, axes = _pyplot().subplots(len(panels), len(backends), figsize=(4.5 * len(backends), 3.3 * len(panels)),
+    fig, axes = pyplot().subplots(len(panels), len(backends), figsize=(4.5 * len(backends), 3.3 * len(panels)),
                                    squeeze=False, constrained_layout=True)
     for column, backend in enumerate(backends):
         for (values, scale, ylabel), ax in zip(panels, axes[:, column]):

@@ -17,7 +17,7 @@ TINY = ["--hidden-dim", "16", "--depth", "2", "--batch-size", "2", "--repeats", 
 def scaling():
     with benchmark_script("scaling") as module:
         yield module
-    plotting._pyplot().close("all")
+    plotting.pyplot().close("all")
 
 
 def test_sweep_orders_points_by_patches_and_rejects_bad_ones(scaling):

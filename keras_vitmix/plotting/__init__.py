@@ -21,9 +21,6 @@ from keras_vitmix.plotting.attention import (
 from keras_vitmix.plotting.base import pyplot
 from keras_vitmix.plotting.training import confusion_matrix, training_curves
 
-# The name `pyplot` had before it was public; benchmarks/scaling.py still calls it.
-_pyplot = pyplot
-
 __all__ = [
     "attention_distance",
     "attention_heads",
