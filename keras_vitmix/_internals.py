@@ -124,6 +124,232 @@ def _bincount_histogram(values, value_range, nbins):
     return tf.math.bincount(tf.reshape(indices, [-1]), minlength=nbins, maxlength=nbins, dtype="int32")
 
 
+# --- layers and applications ---
+#
+# Under torch every call runs in Python, op by op, and Keras's per-call work (converting
+# inputs, binding the call signature, name and autocast scopes, dtype checks on each
+# weight read) costs as much as the small matrix products of a ViT-Ti. The layers'
+# torch routes skip the parts of it that change nothing for a built layer called from
+# its parent's `call`. Keras makes none of the pieces needed public; each function falls
+# back to the public path (`variable.value`, `layer(...)`, `keras.Model.call`) when one
+# is missing, and when its route is switched off in `keras_vitmix.config`;
+# tests/test_internals_layers.py makes each symbol missing in turn.
+#
+# TensorFlow: whether a function is being compiled by XLA has no public spelling either.
+
+import functools  # noqa: E402
+import importlib  # noqa: E402
+
+import keras  # noqa: E402
+
+from keras_vitmix import config as _config  # noqa: E402
+
+try:  # the per-thread scopes (stateless, autocast, device) a variable read consults
+    from keras.src.backend.common import global_state as _keras_global_state
+except ImportError:
+    _keras_global_state = None
+try:  # AutocastScope, get_autocast_scope, get_keras_mask, is_tensor
+    from keras.src import backend as _keras_backend
+except ImportError:
+    _keras_backend = None
+
+_MISSING = object()
+# The private attributes read below, by name, so that a test can make each one missing.
+_VARIABLE_VALUE = "_value"  # a variable's stored tensor
+_VARIABLE_AUTOCAST = "_autocast"  # whether a variable follows the autocast scope
+_SUBLAYERS = "_layers"  # a layer's tracked sublayers
+_REMAT_MODE = "_remat_mode"  # a layer's rematerialization setting
+_STANDARDIZE_INPUTS = "_standardize_inputs"  # a functional model's input flattening
+_RUN_THROUGH_GRAPH = "_run_through_graph"  # a functional model's graph walk
+_CALL_HAS_CONTEXT_ARG = "_call_has_context_arg"  # {"training": whether `call` takes it}
+_CALL_CONTEXT_ARGS = "_call_context_args"  # the context arguments `call` takes
+
+
+def torch_variable_value(variable):
+    """`variable.value` under torch, read without Keras's per-read work where that work
+    changes nothing (route "variable_reads_torch").
+
+    Keras's torch `Variable.value` looks up the stateless scope, the autocast scope and
+    the current device (as a string, to build a stand-in on the "meta" device), and casts
+    through `keras.ops.cast`'s dtype checks; a ViT-Ti forward pass reads 150 variables.
+    Here, for an initialized variable outside a stateless scope and off the "meta"
+    device, the autocast is done directly: a floating variable that autocasts, inside a
+    scope with a dtype, is cast to that dtype with `Tensor.to` (what Keras's cast ends
+    in); otherwise the stored tensor is returned, as Keras would. Anything else, and any
+    Keras without `variable._value`, `variable._autocast` or
+    `global_state.GLOBAL_STATE_TRACKER`, gets Keras's own `variable.value`.
+    """
+    if not _config.fast_routes_enabled("variable_reads_torch"):
+        return variable.value
+    value = getattr(variable, _VARIABLE_VALUE, None)
+    autocast = getattr(variable, _VARIABLE_AUTOCAST, None)
+    state = getattr(_keras_global_state, "GLOBAL_STATE_TRACKER", None)
+    if value is None or autocast is None or state is None:
+        return variable.value
+    device = getattr(state, "torch_device", None)
+    if getattr(state, "stateless_scope", None) is not None or (device is not None and str(device) == "meta"):
+        return variable.value
+    scope = getattr(state, "autocast_scope", None)
+    if scope is not None and scope.dtype is not None and autocast and value.is_floating_point():
+        dtype = _torch_dtypes().get(scope.dtype)
+        if dtype is None:
+            return variable.value
+        if value.dtype != dtype:
+            value = value.to(dtype)
+    return value
+
+
+def _torch_dtypes():
+    if not _TORCH_DTYPES:
+        import torch
+
+        _TORCH_DTYPES.update(
+            {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32, "float64": torch.float64}
+        )
+    return _TORCH_DTYPES
+
+
+_TORCH_DTYPES = {}
+
+
+def call_sublayer(layer, *args, **kwargs):
+    """`layer(*args, **kwargs)` from a parent layer's `call`; under torch, `layer.call`
+    (route "sublayer_calls_torch").
+
+    Keras's `Layer.__call__` converts inputs, binds the call signature, enters name
+    scopes and looks up training flags and masks: 15 times per ViT-Ti block. A built
+    sublayer called from its parent's `call` needs none of it: the parent's `__call__`
+    has converted the inputs and entered the dtype policy's autocast scope, and the
+    parent passes `training` itself. The parent layers check their input shape
+    (`input_spec`), so a wrong input is still a `ValueError`.
+
+    Keras's `__call__` stays for an unbuilt, quantized or rematerialized sublayer, for
+    one that turns autocasting off for sublayers of its own, and where this Keras lacks
+    `layer._layers` or `layer._remat_mode`. Under JAX and TensorFlow the step is traced
+    once, so `__call__` costs nothing per step there.
+    """
+    if _direct_call_allowed(layer):
+        return layer.call(*args, **kwargs)
+    return layer(*args, **kwargs)
+
+
+def _direct_call_allowed(layer):
+    if not (
+        keras.backend.backend() == "torch"
+        and _config.fast_routes_enabled("sublayer_calls_torch")
+        and layer.built
+        and layer.dtype_policy.quantization_mode is None
+    ):
+        return False
+    sublayers = getattr(layer, _SUBLAYERS, None)
+    remat = getattr(layer, _REMAT_MODE, _MISSING)
+    if sublayers is None or (remat is _MISSING and hasattr(keras, "RematScope")):
+        return False  # cannot tell whether Keras's __call__ would do more
+    # autocast=False: Keras's __call__ clears the autocast scope for the sublayers.
+    return (layer.autocast or not sublayers) and remat in (None, _MISSING)
+
+
+def graph_calls_available(model):
+    """Whether `call_graph(model, ...)` can run here: under torch (route
+    "sublayer_calls_torch"), with the Keras internals it needs present."""
+    return (
+        keras.backend.backend() == "torch"
+        and _config.fast_routes_enabled("sublayer_calls_torch")
+        and callable(getattr(model, _STANDARDIZE_INPUTS, None))
+        and callable(getattr(model, _RUN_THROUGH_GRAPH, None))
+        and isinstance(getattr(model, _CALL_HAS_CONTEXT_ARG, None), dict)
+        and getattr(model, _CALL_CONTEXT_ARGS, None) is not None
+        and all(
+            callable(getattr(_keras_backend, name, None))
+            for name in ("AutocastScope", "get_autocast_scope", "get_keras_mask", "is_tensor")
+        )
+    )
+
+
+def call_graph(model, inputs, training):
+    """A functional `model`'s `call` on `inputs`, each layer of its graph run by
+    `call_graph_node` (torch). Check `graph_calls_available(model)` first; otherwise
+    `keras.Model.call` is the public path.
+    """
+    flat = getattr(model, _STANDARDIZE_INPUTS)(inputs)
+    outputs = getattr(model, _RUN_THROUGH_GRAPH)(
+        flat, operation_fn=lambda layer: functools.partial(call_graph_node, layer, training)
+    )
+    return outputs[0] if isinstance(outputs, (list, tuple)) and len(outputs) == 1 else outputs
+
+
+def call_graph_node(layer, training, /, *args, **kwargs):
+    """One node of a functional model's graph, run from the model's `call` (torch):
+    `layer.call` with what Keras's `Layer.__call__` would have done for it.
+
+    The model's own `__call__` has converted the images and resolved `training`. For a
+    built layer with one tensor argument, no mask and no activity regularizer, this does
+    the rest of `__call__`'s work itself: casts a floating input to the layer's input
+    dtype, enters the autocast scope Keras would enter (mixed precision), and passes
+    `training` where the layer's `call` takes it. Any other node goes through
+    `__call__`, with `training` as Keras's functional models pass it. Only called where
+    `graph_calls_available` holds.
+    """
+    backend = _keras_backend
+    if kwargs.get("mask", True) is None:
+        del kwargs["mask"]  # recorded by Keras for a layer that takes a mask
+    if not (
+        isinstance(layer, keras.layers.Layer)
+        and len(args) == 1
+        and set(kwargs) <= {"training"}
+        and _direct_call_allowed(layer)
+        and layer.activity_regularizer is None
+        and type(layer).compute_mask is keras.layers.Layer.compute_mask
+        and backend.is_tensor(args[0])
+        and backend.get_keras_mask(args[0]) is None
+    ):
+        if training is not None and "training" in getattr(layer, _CALL_CONTEXT_ARGS, ()):
+            kwargs["training"] = training  # as Keras's functional `call` passes it
+        return layer(*args, **kwargs)
+    if training is not None and getattr(layer, _CALL_HAS_CONTEXT_ARG).get("training", False):
+        kwargs["training"] = training
+    (x,) = args
+    if layer.autocast and keras.backend.standardize_dtype(x.dtype) != layer.input_dtype:
+        x = layer.dtype_policy.convert_input(x, layer.autocast, layer.input_dtype)
+    scope = backend.get_autocast_scope()
+    compute = layer.compute_dtype
+    if scope is not None:
+        if not layer.autocast or not keras.backend.is_float_dtype(compute):
+            scope = backend.AutocastScope(None)
+        elif scope.dtype != compute:
+            scope = backend.AutocastScope(compute)
+        else:
+            scope = None
+    elif compute != layer.variable_dtype:
+        scope = backend.AutocastScope(compute)
+    if scope is None:
+        return layer.call(x, **kwargs)
+    with scope:
+        return layer.call(x, **kwargs)
+
+
+def in_tf_xla_function():
+    """True while TensorFlow traces a function it compiles with XLA (`jit_compile=True`).
+
+    TensorFlow has no public test for it; `control_flow_util.GraphOrParentsInXlaContext`
+    is what its own ops use. Where that is missing, False: the caller then takes the
+    computation it uses outside XLA, which gives the same numbers.
+    """
+    module, name = _TF_XLA_CONTEXT
+    try:
+        in_xla = getattr(importlib.import_module(module), name, None)
+    except ImportError:
+        return False
+    if in_xla is None:
+        return False
+    import tensorflow as tf
+
+    return bool(in_xla(tf.compat.v1.get_default_graph()))
+
+
+_TF_XLA_CONTEXT = ("tensorflow.python.ops.control_flow_util", "GraphOrParentsInXlaContext")
+
+
 # --- export ---
 #
 # An export serves in float32, so it needs every layer of a model, nested ones included,

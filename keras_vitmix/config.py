@@ -8,9 +8,10 @@ op there (for example `torch.nn.functional.linear` under torch, or a flattened m
 product under JAX). They give the same numbers as the public Keras path (tested within
 1e-5 in float32 on every backend) and fall back to it by themselves when a Keras
 internal they need is missing. `set_fast_routes(False)` turns every one of them off, for
-debugging or to compare; the environment variable `KERAS_VITMIX_FAST_ROUTES=0`, read
-when `keras_vitmix` is imported, does the same from the outside. docs/performance.md
-says why each route exists, with its numbers.
+debugging or to compare; `set_fast_routes(False, routes=[name])` turns off the routes
+named (`FAST_ROUTES` lists them). The environment variable `KERAS_VITMIX_FAST_ROUTES=0`,
+read when `keras_vitmix` is imported, turns them all off from the outside.
+docs/performance.md says why each route exists, with its numbers.
 
 Allocator. `tune_malloc()` makes glibc's malloc keep and reuse large freed blocks (one
 arena, no `mmap`, up to 2 GiB kept at the top of the heap). XLA:CPU allocates each
@@ -45,32 +46,81 @@ def _fast_routes_from_env(environ=None):
     )
 
 
-_state = {"fast_routes": _fast_routes_from_env()}
+# name: what the route computes, and on which backend (docs/performance.md says why).
+_ROUTES = {
+    "dense_torch": "Dense as one torch.nn.functional.linear call (bias folded in), torch",
+    "dense_jax": "Dense on tokens as one 2-D matrix product, GELU in its erf form, JAX",
+    "layer_norm_torch": "LayerNormalization as one torch.nn.functional.layer_norm call, torch",
+    "batch_norm_torch": "BatchNormalization at inference as one torch batch_norm call, torch",
+    "attention_jax_cpu": "self-attention with heads first, one slice of the batch per CPU, JAX on the CPU",
+    "attention_torch": "self-attention as scaled_dot_product_attention on strided views, torch",
+    "conv_matmul": "Conv2D whose kernel tiles the image as reshape + matmul, JAX and TensorFlow",
+    "conv_torch": "Conv2D and DepthwiseConv2D as one channels-last conv2d, torch",
+    "depthwise_jax_cpu": "DepthwiseConv2D as shifted multiply-adds with a hand-written gradient, JAX on the CPU",
+    "depthwise_tf_xla": "DepthwiseConv2D as shifted multiply-adds inside XLA functions, TensorFlow on the CPU",
+    "sublayer_calls_torch": "blocks and models call their built layers' `call` without `Layer.__call__`, torch",
+    "variable_reads_torch": "weights read without Keras's per-read scope lookups and dtype checks, torch",
+}
+FAST_ROUTES = tuple(_ROUTES)
+
+_state = {"fast_routes": frozenset(FAST_ROUTES) if _fast_routes_from_env() else frozenset()}
 
 
-def set_fast_routes(enabled):
+def _route_names(routes):
+    if routes is None:
+        return frozenset(FAST_ROUTES)
+    if isinstance(routes, str):
+        routes = (routes,)
+    try:
+        names = frozenset(routes)
+    except TypeError:
+        raise TypeError(f"`routes` must be None or a list of route names. Received: routes={routes!r}") from None
+    unknown = sorted(str(name) for name in names - frozenset(FAST_ROUTES))
+    if unknown:
+        raise ValueError(f"Unknown fast route(s) {unknown}; known: {list(FAST_ROUTES)}. Received: routes={routes!r}")
+    return names
+
+
+def set_fast_routes(enabled, routes=None):
     """Turns the backend-specific fast routes on (`True`, the default) or off.
 
-    Off, every layer computes through Keras's public ops, as `keras.layers` would.
+    Off, a layer computes through Keras's public ops, as `keras.layers` would.
     Under JAX and TensorFlow a change applies to steps compiled after it: call it before
     `fit`, `predict` or `evaluate` first run (or recompile the model).
 
     Args:
         enabled: bool.
+        routes: None (every route), or names from `FAST_ROUTES` (a list, or one name):
+            only these are switched, the others keep their setting.
+
+    Example:
+
+    >>> from keras_vitmix import config
+    >>> config.set_fast_routes(False, routes=["dense_torch"])
+    >>> config.fast_routes_enabled("dense_torch"), config.fast_routes_enabled("dense_jax")
+    (False, True)
+    >>> config.set_fast_routes(True)
     """
     if not isinstance(enabled, bool):
         raise TypeError(f"`enabled` must be True or False. Received: enabled={enabled!r}")
-    _state["fast_routes"] = enabled
+    names = _route_names(routes)
+    _state["fast_routes"] = _state["fast_routes"] | names if enabled else _state["fast_routes"] - names
 
 
-def fast_routes_enabled():
-    """Whether the layers may take their backend-specific fast routes."""
-    return _state["fast_routes"]
+def fast_routes_enabled(route=None):
+    """Whether the fast route `route` (a name from `FAST_ROUTES`) is on; without a name,
+    whether any fast route is."""
+    if route is None:
+        return bool(_state["fast_routes"])
+    if route not in _ROUTES:
+        raise ValueError(f"Unknown fast route; known: {list(FAST_ROUTES)}. Received: route={route!r}")
+    return route in _state["fast_routes"]
 
 
 @contextlib.contextmanager
-def fast_routes(enabled):
-    """`set_fast_routes(enabled)` while the `with` block runs, then the previous setting.
+def fast_routes(enabled, routes=None):
+    """`set_fast_routes(enabled, routes)` while the `with` block runs, then the previous
+    settings.
 
     Example:
 
@@ -79,8 +129,8 @@ def fast_routes(enabled):
     ...     config.fast_routes_enabled()
     False
     """
-    previous = fast_routes_enabled()
-    set_fast_routes(enabled)
+    previous = _state["fast_routes"]
+    set_fast_routes(enabled, routes)
     try:
         yield
     finally:

@@ -1,20 +1,13 @@
 """Pieces every application shares: argument checks, the input, preprocessing, the head."""
 
-import functools
 import inspect
 import os
 
 import keras
 from keras import ops
 
-from keras_vitmix.layers import (
-    BatchNormalization,
-    ConvMixerBlock,
-    MixerBlock,
-    PatchEmbedding,
-    TransformerBlock,
-    _platform,
-)
+from keras_vitmix import _internals
+from keras_vitmix.layers import BatchNormalization, ConvMixerBlock, MixerBlock, PatchEmbedding, TransformerBlock
 from keras_vitmix.layers._checks import check_positive_int, check_rate, to_pair
 
 POOLINGS = ("token", "avg", "max", None)
@@ -255,13 +248,9 @@ class Application(keras.Model):
                 f"shape {tuple(inputs.shape)}. Resize the images, or build the model with "
                 "another `input_shape`."
             )
-        if mask is None and not kwargs and _platform.direct_graph_calls():
+        if mask is None and not kwargs and _internals.graph_calls_available(self):
             # Under torch, each layer of the graph without Keras's per-call work.
-            flat = self._standardize_inputs(inputs)
-            outputs = self._run_through_graph(
-                flat, operation_fn=lambda layer: functools.partial(_platform.call_graph_node, layer, training)
-            )
-            return outputs[0] if isinstance(outputs, (list, tuple)) and len(outputs) == 1 else outputs
+            return _internals.call_graph(self, inputs, training)
         return super().call(inputs, training=training, mask=mask, **kwargs)
 
     def get_compile_config(self):

@@ -4,19 +4,26 @@ Vaswani et al., "Attention Is All You Need", NeurIPS 2017
 (https://arxiv.org/abs/1706.03762): softmax(Q K^T / sqrt(d)) V, computed per head.
 Without scores the layer calls `keras.ops.dot_product_attention`, which dispatches to
 each backend's fused kernel (flash attention where available; `flash_attention=` chooses),
-except: under JAX on the CPU plain self-attention multiplies with heads first (faster
-there, see `_heads_first_attention`), and under torch it hands strided views to torch's
-kernel without Keras's copies and checks (`_torch_attention`). With scores it computes
-the softmax explicitly in float32 so the maps can be inspected. All paths agree.
+except on two fast routes (`keras_vitmix.config`): under JAX on the CPU plain
+self-attention multiplies with heads first ("attention_jax_cpu", `_heads_first_attention`),
+and under torch it hands strided views to torch's kernel without Keras's copies and
+checks ("attention_torch", `_torch_attention`). Under JAX on a GPU the layer itself
+decides whether cuDNN's fused attention takes the shape (`cudnn_attention_fits`), so that
+Keras does not try, fail and log an error. With scores it computes the softmax
+explicitly in float32 so the maps can be inspected. All paths agree; docs/performance.md
+has the measurements.
 """
 
 import keras
 from keras import ops
 
+from keras_vitmix import config
+from keras_vitmix._internals import call_sublayer as _sub
 from keras_vitmix.layers._checks import check_positive_int, check_rate
-from keras_vitmix.layers._platform import call_sublayer as _sub
 from keras_vitmix.layers._platform import cpu_threads as _cpu_threads
+from keras_vitmix.layers._platform import gpu_compute_capability as _gpu_compute_capability
 from keras_vitmix.layers._platform import jax_on_cpu as _jax_on_cpu
+from keras_vitmix.layers._platform import jax_on_gpu as _jax_on_gpu
 from keras_vitmix.layers._platform import torch_tensor as _torch_tensor
 from keras_vitmix.layers.linear import Dense
 
@@ -140,9 +147,9 @@ class MultiHeadSelfAttention(keras.layers.Layer):
         flash = self.flash_attention
         if flash is None:
             flash = keras.config.is_flash_attention_enabled()  # None (where possible) or False
-        if plain and flash is not True and _jax_on_cpu():
+        if plain and flash is not True and _jax_on_cpu() and config.fast_routes_enabled("attention_jax_cpu"):
             return self._heads_first_attention(inputs, scale)
-        if plain and flash is not True and _torch_tensor(inputs):
+        if plain and flash is not True and _torch_tensor(inputs) and config.fast_routes_enabled("attention_torch"):
             return self._torch_attention(inputs, scale)
         q, k, v = self._split_heads(inputs)
         if return_attention_scores or dropout_active:
@@ -153,6 +160,11 @@ class MultiHeadSelfAttention(keras.layers.Layer):
             mask = None
             if attention_mask is not None:
                 mask = self._mask(attention_mask, False, tokens)
+            if flash is None and _jax_on_gpu() and not cudnn_attention_fits(
+                q.shape, q.dtype, training=bool(training), mask_shape=None if mask is None else mask.shape,
+                compute_capability=_gpu_compute_capability(),
+            ):
+                flash = False  # Keras would try cuDNN, log the refusal with a traceback, then fall back
             outputs = _fused_attention(q, k, v, mask, scale, use_causal_mask, flash)  # (B, N, H, d)
             scores = None
         batch = ops.shape(outputs)[0]
@@ -166,15 +178,13 @@ class MultiHeadSelfAttention(keras.layers.Layer):
         `dot_product_attention` (what the other path calls) transposes them to that
         layout and copies each into contiguous memory, and its output comes back as a
         strided (B, N, H, d) view. Here the kernel reads the strided views, and its output
-        is copied once, by the final reshape. The same kernel computes the same values.
-        Before, ViT-Ti's inference at batch 1 made 48 more copies than timm's, and the
-        Keras op's checks and casts ran in Python at every call.
+        is copied once, by the final reshape. The same kernel computes the same values,
+        and the Keras op's checks and casts no longer run in Python at every call.
 
         On a GPU, torch picks the kernel itself (flash attention first where the inputs
         allow it), as Keras's op does with `flash_attention=None`; only
         `flash_attention=True` goes through Keras's op, which says why when no flash
-        kernel can run. The route was measured on the CPU; on a GPU it removes the same
-        copies and checks, but no GPU timing was taken of it."""
+        kernel can run."""
         import torch
 
         qkv = _sub(self.qkv, inputs)
@@ -189,18 +199,14 @@ class MultiHeadSelfAttention(keras.layers.Layer):
 
         There, JAX's `dot_product_attention` (what `keras.ops.dot_product_attention`
         calls) multiplies (B, N, H, d) tensors, and XLA:CPU's batched products in that
-        layout took a fifth longer, forward and backward, than with heads first (a ViT-Ti
-        block's attention at batch 32: 96 -> 80 ms). On an accelerator the fused kernel
-        stays.
+        layout are slower, forward and backward, than with heads first. On an
+        accelerator the fused kernel stays.
 
         XLA:CPU fuses the two products and the softmax into one YNNPACK kernel, which runs
         on one thread. The batch is therefore cut into one slice per CPU, computed as
-        independent kernels that XLA runs side by side: at batch 32 on 2 CPUs, ViT-Ti's
-        inference took 0.89x and its training step 0.93x the time of one kernel
-        (`benchmarks/jax_cpu_routes.py`; RESULTS.md, "JAX-on-CPU routes against the
-        computations they replace"). Each slice computes
-        the same values as the whole. The scale multiplies Q (B*H*N*d values) rather than
-        the logits (B*H*N*N), which XLA had materialized as a full-size operand."""
+        independent kernels that XLA runs side by side. Each slice computes the same
+        values as the whole. The scale multiplies Q (B*H*N*d values) rather than the
+        logits (B*H*N*N), which XLA had materialized as a full-size operand."""
         qkv = self.qkv(inputs)
         batch, tokens = ops.shape(qkv)[0], ops.shape(qkv)[1]
         qkv = ops.transpose(ops.reshape(qkv, (batch, tokens, 3, self.num_heads, self._head_dim)), (2, 0, 3, 1, 4))
@@ -273,6 +279,58 @@ def _fused_attention(q, k, v, mask, scale, is_causal, flash):
             f"backend={backend}, dtype={q.dtype}, query shape={tuple(q.shape)} (batch, tokens, heads, head size); "
             f"{type(error).__name__}: {str(error)[:300]}"
         ) from error
+
+
+def cudnn_attention_fits(query_shape, dtype, training, mask_shape=None, compute_capability=None):
+    """Whether cuDNN's fused attention under JAX takes self-attention of these inputs.
+
+    Keras's JAX `dot_product_attention` with `flash_attention=None` checks the inputs as
+    for inference, then calls `jax.nn.dot_product_attention(implementation="cudnn")`;
+    where JAX refuses, Keras logs the error with its traceback (once per layer, at every
+    compile) and falls back to XLA's attention. This mirrors JAX's own rules for
+    float16/bfloat16 inputs as JAX 0.10 has them (`check_layout` and
+    `check_is_flash_attention` in `jax._src.cudnn.fused_attention_stablehlo`), so that
+    the layer passes `flash_attention=False` where cuDNN would refuse:
+
+    - the inputs are float16 or bfloat16;
+    - the head size is a multiple of 8, at most 128 (256 from compute capability 9.0,
+      Hopper), and the GPU is an Ampere (8.0) or newer;
+    - in training (the call is differentiated), the sequence length is even: JAX hands
+      the training kernel a placeholder bias, and its rule for a bias asks for even
+      lengths (ViT-B/16's 197 tokens are refused there, not at inference);
+    - a mask covers (tokens, tokens): JAX turns it into a bias of its shape, and refuses
+      one broadcast along the queries, such as a (B, 1, 1, N) padding mask.
+
+    Args:
+        query_shape: (batch, tokens, heads, head size).
+        dtype: the query's dtype.
+        training: bool, whether the call is part of a training step.
+        mask_shape: the shape of the boolean mask passed along, or None.
+        compute_capability: the GPU's, as (major, minor); None where unknown (then at
+            most 128 for the head size).
+
+    Returns:
+        bool.
+    """
+    if len(query_shape) != 4:
+        raise ValueError(
+            f"`query_shape` must be (batch, tokens, heads, head size). Received: query_shape={tuple(query_shape)}"
+        )
+    tokens, head_dim = query_shape[1], query_shape[3]
+    if tokens is None or head_dim is None:
+        return False  # not known while tracing: do not let Keras try
+    if keras.backend.standardize_dtype(dtype) not in ("float16", "bfloat16"):
+        return False
+    if compute_capability is not None and tuple(compute_capability) < (8, 0):
+        return False
+    limit = 256 if compute_capability is not None and tuple(compute_capability) >= (9, 0) else 128
+    if head_dim > limit or head_dim % 8:
+        return False
+    if training and tokens % 2:
+        return False
+    if mask_shape is not None and tuple(mask_shape[-2:]) != (tokens, tokens):
+        return False
+    return True
 
 
 def _slices(size, parts):

@@ -1,29 +1,27 @@
 """`Conv2D`: Keras's layer, computed as reshape + matmul when the kernel tiles the image.
 
 A convolution whose kernel equals its stride (a patch embedding; a 1x1 pointwise
-convolution) is a matrix product over non-overlapping patches. This layer computes it
-that way when the contraction (kh * kw * C_in) is at least 64, where it beat the
-backends' convolutions: forward and backward of ViT-Ti's 16x16 patch embedding on 32
-images at 224 px took 0.57 s as a convolution under JAX (XLA:CPU) and 0.10 s as a
-matmul; under torch, Keras's convolution also transposes to channels-first and back.
-With a small contraction (a 2x2 patch of RGB) Keras's convolution stays
-(`benchmarks/conv_routes.py` measures both per backend).
+convolution) is a matrix product over non-overlapping patches. Under JAX and TensorFlow
+(route "conv_matmul") this layer computes it that way when the contraction
+(kh * kw * C_in) is at least 64, where XLA:CPU's convolution is far slower than its
+matrix product; with a small contraction (a 2x2 patch of RGB) Keras's convolution stays.
 
-Under torch, every such convolution (and any other at stride 1 or "valid" padding) is
-instead one `torch.nn.functional.conv2d` on a channels-first view of the channels-last
-input, which is PyTorch's `channels_last` memory layout: oneDNN convolves it natively,
-with no copy, as timm's `nn.Conv2d` runs. Keras's torch convolution copies the input to
-channels-first and back. On an AVX-512 machine (AMD EPYC, 2026-11-24), a 1x1 convolution
-of a (32, 32, 32, 768) grid to 768 channels (ConvMixer-768's pointwise step) took 77 ms
-as `conv2d` against 176 ms as the matrix product (MKL's), and forward plus backward 263
-against 683 ms; ViT-Ti's 16x16 patch embedding at batch 32 took 0.45x the product's time
-for inference and 0.65x for forward plus backward from images.
-Same arguments, variables (names, shapes, layout) and numbers either way.
+Under torch (route "conv_torch"), every such convolution (and any other at stride 1 or
+"valid" padding) is instead one `torch.nn.functional.conv2d` on a channels-first view of
+the channels-last input, which is PyTorch's `channels_last` memory layout: oneDNN
+convolves it natively, with no copy, as timm's `nn.Conv2d` runs. Keras's torch
+convolution copies the input to channels-first and back, and the matrix product runs
+slower than oneDNN's convolution there.
+
+Same arguments, variables (names, shapes, layout) and numbers either way; the routes
+switched off (`keras_vitmix.config`) use Keras's computation. docs/performance.md has the
+measurements.
 """
 
 import keras
 from keras import ops
 
+from keras_vitmix import config
 from keras_vitmix.layers._platform import torch_tensor as _torch_tensor
 
 _MIN_CONTRACTION = 64
@@ -43,6 +41,7 @@ def torch_conv2d_applies(layer, inputs):
     or "same" at stride 1)."""
     return (
         _torch_tensor(inputs)
+        and config.fast_routes_enabled("conv_torch")
         and layer.data_format == "channels_last"
         and (layer.padding == "valid" or tuple(layer.strides) == (1, 1))
     )
@@ -99,7 +98,8 @@ class Conv2D(keras.layers.Conv2D):
         kh, kw = self.kernel_size
         height, width, channels = inputs.shape[1], inputs.shape[2], inputs.shape[3]
         return (
-            self.data_format == "channels_last"
+            config.fast_routes_enabled("conv_matmul")
+            and self.data_format == "channels_last"
             and tuple(self.strides) == (kh, kw)
             and tuple(self.dilation_rate) == (1, 1)
             and self.groups == 1

@@ -7,8 +7,8 @@ PointwiseConv -> act -> BN, on the patch grid (B, h, w, D).
 
 import keras
 
+from keras_vitmix._internals import call_sublayer as _sub
 from keras_vitmix.layers._checks import check_positive_int
-from keras_vitmix.layers._platform import call_sublayer as _sub
 from keras_vitmix.layers.conv import Conv2D
 from keras_vitmix.layers.depthwise_conv import DepthwiseConv2D
 from keras_vitmix.layers.normalization import BatchNormalization

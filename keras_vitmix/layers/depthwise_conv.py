@@ -2,36 +2,32 @@
 and as one channels-last convolution under torch.
 
 XLA:CPU lowers a grouped convolution with one group per channel (what
-`keras.ops.depthwise_conv` becomes under JAX) to a slow generic loop: on a 2-core CPU, a
-5x5 depthwise convolution of a (128, 16, 16, 256) grid took 0.52 s forward and 3.7 s
-forward+backward under JAX, against 0.06 s and 0.44 s written as 25 shifted
-multiply-adds (`benchmarks/conv_routes.py` measures it per backend). The JAX version
-has a hand-written backward pass, so memory stays at Keras's level: a ConvMixer-768 (7x7
-kernel, 4 blocks, batch 32, 224 px) training step took 220 s and 3.7 GB with Keras's
-layer, 21 s and 22.5 GB differentiated automatically, 9.6 s and 3.9 GB with the
-hand-written backward pass. ConvMixer spends most of its time there, so this layer takes
-the shifted form where it is faster: the JAX backend on the CPU (and TensorFlow under
-XLA, below), stride 1, "same" or "valid" padding, no dilation, depth multiplier 1.
+`keras.ops.depthwise_conv` becomes under JAX) to a slow generic loop. Written as kh * kw
+shifted, channel-scaled copies of the input summed up, the same convolution runs an
+order of magnitude faster there. Differentiated automatically, that form keeps every
+shifted product alive for the backward pass, so the JAX version (route
+"depthwise_jax_cpu") has a hand-written backward pass that keeps memory at Keras's
+level. ConvMixer spends most of its time in this layer, so it takes the shifted form
+where it is faster: the JAX backend on the CPU (and TensorFlow under XLA, below),
+stride 1, "same" or "valid" padding, no dilation, depth multiplier 1.
 
-Under torch, Keras's convolution copies the channels-last input to channels-first, copies
-it back to PyTorch's `channels_last` memory layout, and pads it, on every call. The same
-tensor permuted to (B, C, H, W) already has that layout, so this layer hands the view to
-`torch.nn.functional.conv2d` directly (oneDNN convolves channels-last memory natively):
-a 7x7 depthwise convolution of a (32, 32, 32, 768) grid took 224 ms against Keras's
-706 ms, and 331 ms for timm's channels-first `nn.Conv2d`.
+Under torch (route "conv_torch"), Keras's convolution copies the channels-last input to
+channels-first, copies it back to PyTorch's `channels_last` memory layout, and pads it,
+on every call. The same tensor permuted to (B, C, H, W) already has that layout, so this
+layer hands the view to `torch.nn.functional.conv2d` directly (oneDNN convolves
+channels-last memory natively).
 
 TensorFlow's own CPU kernel is fast, but under XLA (`jit_compile=True`) TensorFlow's
-depthwise convolution goes through the same slow XLA:CPU lowering as JAX's: a
-ConvMixer-768/32 (depth 4) ran 8.9x timm's inference time and 6.3x its training step.
-Inside an XLA-compiled function on the CPU the layer therefore takes the shifted form
-too, with a hand-written backward pass (`tf.custom_gradient`) whose kernel gradient is
-computed as matrix products, which TensorFlow's XLA runs far faster than the per-tap
-reductions JAX's route uses: ConvMixer-768/32 (depth 4) trains at 1.40x timm's step time
-there, against 8.2x with the per-tap reductions (AVX-512 EPYC, 2 cores).
+depthwise convolution goes through the same slow XLA:CPU lowering as JAX's. Inside an
+XLA-compiled function on the CPU the layer therefore takes the shifted form too (route
+"depthwise_tf_xla"), with a hand-written backward pass (`tf.custom_gradient`) whose
+kernel gradient is computed as matrix products, which TensorFlow's XLA runs far faster
+than the per-tap reductions JAX's route uses.
 
-Everywhere else (TensorFlow without XLA has a fast native kernel, GPUs have cuDNN) it is
-`keras.layers.DepthwiseConv2D` unchanged. Same arguments, variables (names, shapes,
-layout) and numbers either way.
+Everywhere else (TensorFlow without XLA has a fast native kernel, GPUs have cuDNN), and
+with the routes switched off (`keras_vitmix.config`), it is `keras.layers.DepthwiseConv2D`
+unchanged. Same arguments, variables (names, shapes, layout) and numbers either way.
+docs/performance.md has the measurements.
 """
 
 import functools
@@ -39,6 +35,8 @@ import functools
 import keras
 from keras import ops
 
+from keras_vitmix import config
+from keras_vitmix._internals import in_tf_xla_function
 from keras_vitmix.layers._platform import jax_on_cpu as _jax_on_cpu  # tests patch this name
 from keras_vitmix.layers.conv import same_pads as _pads
 from keras_vitmix.layers.conv import torch_conv2d, torch_conv2d_applies
@@ -90,11 +88,9 @@ def _jax_shifted_depthwise(padding):
     keeps only the input and the kernel: the input gradient is the same sum over the padded
     output gradient with the kernel flipped, the kernel gradient one reduction per tap
     (a `fori_loop`, so one product is alive at a time). The taps read the batch in chunks
-    that fit in the cache (`_samples_per_chunk`): at ConvMixer-768's (32, 32, 32, 768)
-    with a 7x7 kernel, two samples at a time, the kernel gradient took 246 ms against 514
-    ms over the whole batch (AVX-512 EPYC, 2 cores). The forward sums are unrolled,
-    which XLA fuses into one pass: on (32, 32, 32, 768) with a 7x7 kernel, 281 ms against
-    543 ms as a `fori_loop` over the taps, at the same 1.0 GB peak.
+    that fit in the cache (`_samples_per_chunk`), so that they read it from the cache
+    rather than from memory. The forward sums are unrolled, which XLA fuses into one pass
+    (faster than a `fori_loop` over the taps, at the same peak memory).
     """
     import jax
     import jax.numpy as jnp
@@ -158,9 +154,8 @@ def _tf_gram_kernel_gradient(grad, padded, kh, kw):
     samples and rows, form a Gram matrix (w', w); tap (i, j) is the sum of its j-th
     diagonal (w' = w + j). That is (W + kw - 1) / kw times the multiply-adds of the taps,
     but in channel-batched matrix products, which TensorFlow's XLA:CPU runs well, where it
-    runs the taps' 49 reductions 7x slower than JAX's (`benchmarks/depthwise_grad.py`):
-    at ConvMixer-768's (32, 32, 32, 768) with a 7x7 kernel, about 0.45 s against 4.9 s
-    (AVX-512 EPYC, 2 cores). Columns go in blocks of `_GRAM_COLUMNS`, so that the excess
+    runs the taps' reductions several times slower than JAX's. Columns go in blocks of
+    `_GRAM_COLUMNS`, so that the excess
     stays bounded on wide inputs, and samples in chunks that fit in the cache
     (`_samples_per_chunk`; one at a time when the batch size is not known while tracing).
 
@@ -204,11 +199,9 @@ def _tf_one_trip(fn, operand, initial, kernel):
 
     XLA:CPU fuses cheap-looking producers into each consumer, and here they are not cheap:
     the forward sum of kh * kw shifted products went into each of a BatchNormalization's
-    mean and variance reductions (a 7x7 layer and its BatchNormalization on (32, 32, 32,
-    768), ConvMixer-768's shape: 1.64 s forward and backward, 0.71 s with the loop), and
-    the incoming gradient (an activation's derivative, which reads that sum) into each of
-    the kernel gradient's kh * kw reductions (31 s against 8.3 s, with the reductions this
-    layer computed then). An XLA optimization barrier is removed before fusion, and a
+    mean and variance reductions, and the incoming gradient (an activation's derivative,
+    which reads that sum) into each of the kernel gradient's kh * kw reductions, each
+    recomputed per consumer. An XLA optimization barrier is removed before fusion, and a
     loop XLA can count or hoist is undone, hence a trip count XLA cannot fold (read from
     the kernel: `finite | ~finite` is true, NaN kernel or not) and the loop-dependent
     factor (1) on the operand.
@@ -236,8 +229,7 @@ def _tf_shifted_depthwise(x, kernel, padding, training=False):
     pass: the input gradient as `_jax_shifted_depthwise`'s, the kernel gradient as matrix
     products (`_tf_gram_kernel_gradient`). The backward pass runs inside a one-trip loop
     (`_tf_one_trip`), and so does the forward sum in training, where a normalization's
-    batch statistics reduce it. In inference, the loop's state took memory (0.44 GB more
-    for ConvMixer-768/32, depth 4, at batch 32) for no gain."""
+    batch statistics reduce it. In inference, the loop's state took memory for no gain."""
     import tensorflow as tf
 
     kh, kw, channels = kernel.shape[0], kernel.shape[1], kernel.shape[2]
@@ -273,10 +265,8 @@ def _tf_xla_on_cpu():
     if keras.backend.backend() != "tensorflow":
         return False
     import tensorflow as tf
-    from tensorflow.python.ops import control_flow_util  # no public spelling of this test
 
-    graph = tf.compat.v1.get_default_graph()
-    return control_flow_util.GraphOrParentsInXlaContext(graph) and not tf.config.list_logical_devices("GPU")
+    return in_tf_xla_function() and not tf.config.list_logical_devices("GPU")
 
 
 @keras.saving.register_keras_serializable(package="keras_vitmix")
@@ -309,7 +299,10 @@ class DepthwiseConv2D(keras.layers.DepthwiseConv2D):
             and self.padding in ("same", "valid")
             and inputs.shape[1] is not None
             and inputs.shape[2] is not None
-            and (_jax_on_cpu() or _tf_xla_on_cpu())
+            and (
+                (_jax_on_cpu() and config.fast_routes_enabled("depthwise_jax_cpu"))
+                or (_tf_xla_on_cpu() and config.fast_routes_enabled("depthwise_tf_xla"))
+            )
         )
 
     def _torch_applies(self, inputs):

@@ -1,27 +1,29 @@
 """`Dense` computed the way each backend's fastest kernel wants it.
 
-Under JAX, an input of rank > 2 (tokens: (B, N, D)) is flattened to one (B*N, D) matrix
-product and reshaped back. Keras's `Dense` multiplies the 3-D tensor directly, and in
-the backward pass XLA:CPU then contracts the kernel gradient over two axes (B and N): it
-materializes a transposed copy of the activations first and runs that product off its
-fast matrix-multiply path. On a ViT-Ti MLP (32 x 197 tokens, 192 -> 768 -> 192) the
-gradient took 180 ms in the 3-D form and 122 ms flattened (`benchmarks/vit_parts.py`,
-RESULTS.md 2026-11-23). The flattening is a free reshape of a contiguous array.
-Also under JAX, `activation="gelu"` is computed in the erf form (`gelu` below).
+Under JAX (route "dense_jax"), an input of rank > 2 (tokens: (B, N, D)) is flattened to
+one (B*N, D) matrix product and reshaped back. Keras's `Dense` multiplies the 3-D tensor
+directly, and in the backward pass XLA:CPU then contracts the kernel gradient over two
+axes (B and N): it materializes a transposed copy of the activations and runs that
+product off its fast matrix-multiply path. The flattening is a free reshape of a
+contiguous array. Also under JAX, `activation="gelu"` is computed in the erf form
+(`gelu` below).
 
-Keras's `Dense` computes `matmul(x, W)` and then adds the bias in a second pass over the
-output. Under the torch backend that second pass is a separate kernel launch and a full
-read and write of the activations, forwards and backwards. `torch.nn.functional.linear`
-(what timm's `nn.Linear` runs) folds the bias into the BLAS call (`addmm`). This
-subclass calls it under torch, with Keras's (in, out) kernel passed as a transposed
-view (no copy). TensorFlow, and LoRA- or quantization-enabled layers, use Keras's
-computation. The variables and results are Keras's `Dense`'s.
+Under torch (route "dense_torch"), Keras's `Dense` computes `matmul(x, W)` and then adds
+the bias in a second pass over the output: a separate kernel launch and a full read and
+write of the activations, forwards and backwards. `torch.nn.functional.linear` (what
+timm's `nn.Linear` runs) folds the bias into the BLAS call (`addmm`); Keras's (in, out)
+kernel goes to it as a transposed view (no copy).
+
+TensorFlow, LoRA-enabled layers and the routes switched off (`keras_vitmix.config`) use
+Keras's computation. The variables and results are Keras's `Dense`'s.
+docs/performance.md has the measurements.
 """
 
 import keras
 from keras import ops
 
-from keras_vitmix.layers._platform import torch_variable_value as _value
+from keras_vitmix import config
+from keras_vitmix._internals import torch_variable_value as _value
 
 
 @keras.saving.register_keras_serializable(package="keras_vitmix")
@@ -37,7 +39,7 @@ class Dense(keras.layers.Dense):
 
     def call(self, inputs, training=None):
         backend = keras.backend.backend()
-        if self.lora_enabled or backend not in ("torch", "jax"):
+        if self.lora_enabled or backend not in ("torch", "jax") or not config.fast_routes_enabled(f"dense_{backend}"):
             return super().call(inputs, training=training)
         if backend == "jax":
             return self._flat_call(inputs, training)
@@ -75,7 +77,6 @@ def gelu(x):
     """Exact GELU, x * Phi(x) = x / 2 * (1 + erf(x / sqrt(2))), the form TensorFlow and
     PyTorch compute. JAX's `jax.nn.gelu(approximate=False)` (what Keras's "gelu" runs
     there) writes it with `erfc`, which XLA:CPU expands into two polynomial branches, a
-    division and an exponential per element: on a ViT-Ti MLP activation (6304 x 768) the
-    forward pass took 8.8 ms against 5.1 ms in this form. The two agree to 1e-6 and the
-    gradients to 3e-7."""
+    division and an exponential per element. The two agree to 1e-6 and the gradients to
+    3e-7."""
     return ops.multiply(ops.multiply(x, 0.5), ops.add(1.0, ops.erf(ops.multiply(x, 0.7071067811865476))))

@@ -9,8 +9,8 @@ reads from its input shape (as big_vision does), never from an argument.
 import keras
 from keras import ops
 
+from keras_vitmix._internals import call_sublayer as _sub
 from keras_vitmix.layers._checks import check_positive_int, check_rate
-from keras_vitmix.layers._platform import call_sublayer as _sub
 from keras_vitmix.layers.drop_path import DropPath
 from keras_vitmix.layers.mlp import MLP
 from keras_vitmix.layers.normalization import LayerNormalization
@@ -82,10 +82,10 @@ class MixerBlock(keras.layers.Layer):
         self.channel_mixing.build(input_shape)
 
     def call(self, inputs, training=None):
-        x = ops.transpose(_sub(self.norm1, inputs, training=training), (0, 2, 1))  # (B, D, N)
+        x = ops.transpose(_sub(self.norm1, inputs), (0, 2, 1))  # (B, D, N)
         x = ops.transpose(_sub(self.token_mixing, x, training=training), (0, 2, 1))  # (B, N, D)
         x = inputs + _sub(self.drop_path, x, training=training)
-        y = _sub(self.channel_mixing, _sub(self.norm2, x, training=training), training=training)
+        y = _sub(self.channel_mixing, _sub(self.norm2, x), training=training)
         return x + _sub(self.drop_path, y, training=training)
 
     def compute_output_shape(self, input_shape):

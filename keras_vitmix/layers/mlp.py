@@ -6,8 +6,8 @@ use Dense -> activation -> Dropout -> Dense -> Dropout; ViT and Mixer use GELU.
 
 import keras
 
+from keras_vitmix._internals import call_sublayer as _sub
 from keras_vitmix.layers._checks import check_positive_int, check_rate
-from keras_vitmix.layers._platform import call_sublayer as _sub
 from keras_vitmix.layers.linear import Dense
 
 

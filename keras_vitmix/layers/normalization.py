@@ -1,45 +1,30 @@
-"""Normalization layers computed the way each backend's fastest kernel wants them.
+"""Normalization layers computed the way torch's fused kernels want them.
 
-`BatchNormalization`, with torch's fused inference kernel.
+`BatchNormalization` (route "batch_norm_torch"). At inference, Keras's torch backend
+normalizes in three passes over the activations (`x - mean`, then an in-place scale and
+shift), the first allocating a new tensor. Under torch this subclass calls
+`torch.nn.functional.batch_norm` once, on a channels-first view of the channels-last
+activations (no copy: the view has PyTorch's `channels_last` layout, which the kernel
+reads and writes directly). ConvMixer normalizes twice per block. Training keeps Keras's
+computation (batch moments, moving averages with the biased variance).
 
-At inference, Keras's torch backend normalizes in three passes over the activations
-(`x - mean`, then an in-place scale and shift), the first allocating a new tensor. Under
-torch this subclass calls `torch.nn.functional.batch_norm` once, on a channels-first
-view of the channels-last activations (no copy: the view has PyTorch's `channels_last`
-layout, which the kernel reads and writes directly). ConvMixer normalizes twice per block;
-on ConvMixer-768 at batch 32, Keras's three passes took about a fifth of torch inference
-(`benchmarks/conv_routes.py` measures the layer per backend). Training keeps Keras's
-computation (batch moments, moving averages with the biased variance). Same arguments,
-variables and results as `keras.layers.BatchNormalization`.
+`LayerNormalization` (route "layer_norm_torch"). Keras's torch backend also ends in
+`torch.nn.functional.layer_norm`, but wraps it in dtype checks and casts that cost more
+than the kernel on small inputs; this subclass calls it with plain tensor casts. Not a
+fast route but a fix: under torch, axes other than the trailing ones are normalized with
+moments, where Keras's torch route hands them to `layer_norm`, which cannot normalize
+them, and fails.
 
-`LayerNormalization`, with a hand-written gradient in training under JAX on the CPU.
-
-Keras computes `x * (rsqrt(var) * gamma) + (beta - mean * rsqrt(var) * gamma)`: the
-scale and shift are broadcast to the activations' full size before the multiply, and
-XLA:CPU materializes them (`wrapped_broadcast` in a profile), forwards and again in the
-gradient that JAX derives from that expression. This subclass computes
-`(x - mean) * rsqrt(var) * gamma + beta` in one pass and gives JAX the textbook
-backward pass (the one PyTorch's and apex's fused kernels compute), which keeps only the
-input and the per-row mean and reciprocal deviation:
-`dx = rstd * (g - mean(g) - xhat * mean(g * xhat))` with `g = dy * gamma`.
-The gain is small: a ViT-Ti training step at batch 32 took 0.98x and a Mixer-S/16 step
-0.97x the time with Keras's layer on one CPU, and 0.99x and 1.00x on two
-(`benchmarks/jax_cpu_routes.py`, route `layer_norm_vjp`). Inference keeps Keras's
-computation: this form made ViT-Ti's inference 1.07x slower on one CPU. TensorFlow,
-torch (whose Keras backend already calls `torch.nn.functional.layer_norm`), JAX on an
-accelerator, several axes and `rms_scaling` use Keras's computation; under TensorFlow
-with XLA the same backward pass gave no gain. Under torch, axes other than the trailing ones are normalized with
-moments: Keras's torch route hands them to `layer_norm`, which cannot normalize them, and
-fails. Same arguments, variables and results as `keras.layers.LayerNormalization`.
+Same arguments, variables and results as Keras's layers; TensorFlow, JAX and the routes
+switched off (`keras_vitmix.config`) use Keras's computation. docs/performance.md has the
+measurements.
 """
-
-import functools
 
 import keras
 from keras import ops
 
-from keras_vitmix.layers._platform import jax_on_cpu as _jax_on_cpu
-from keras_vitmix.layers._platform import torch_variable_value as _value
+from keras_vitmix import config
+from keras_vitmix._internals import torch_variable_value as _value
 
 _FLOATS = ("float16", "bfloat16", "float32")  # the dtypes LayerNormalization's torch route takes
 
@@ -58,6 +43,7 @@ class BatchNormalization(keras.layers.BatchNormalization):
     def _fused_applies(self, inputs, training, mask):
         return (
             keras.backend.backend() == "torch"
+            and config.fast_routes_enabled("batch_norm_torch")
             and mask is None
             and not (training and self.trainable)
             and len(inputs.shape) >= 2
@@ -91,8 +77,8 @@ class BatchNormalization(keras.layers.BatchNormalization):
 
 @keras.saving.register_keras_serializable(package="keras_vitmix")
 class LayerNormalization(keras.layers.LayerNormalization):
-    """`keras.layers.LayerNormalization`, in one pass with a hand-written gradient when
-    training under JAX on the CPU (see the module docstring).
+    """`keras.layers.LayerNormalization`, as one `layer_norm` call under torch (see the
+    module docstring).
 
     Example:
 
@@ -102,32 +88,13 @@ class LayerNormalization(keras.layers.LayerNormalization):
     [-1.225, 0.0, 1.225]
     """
 
-    def _fused_applies(self, inputs, training=True):
-        return (
-            bool(training)
-            and _jax_on_cpu()
-            and not self.rms_scaling
-            and self.gamma is not None
-            and self.beta is not None
-            and [axis % len(inputs.shape) for axis in self.axis] == [len(inputs.shape) - 1]
-        )
-
-    def call(self, inputs, training=None):
-        if not self._fused_applies(inputs, training):
-            if keras.backend.backend() == "torch":
-                if not self._trailing_axes(inputs):
-                    return self._moments_call(inputs)
-                if self._direct_torch(inputs):
-                    return self._torch_layer_norm(inputs)
-            return super().call(inputs)
-        compute_dtype = keras.backend.result_type(inputs.dtype, "float32")  # as Keras
-        outputs = _jax_layer_norm()(
-            ops.cast(inputs, compute_dtype),
-            ops.cast(self.gamma, compute_dtype),
-            ops.cast(self.beta, compute_dtype),
-            float(self.epsilon),
-        )
-        return ops.cast(outputs, self.compute_dtype)
+    def call(self, inputs):
+        if keras.backend.backend() == "torch":
+            if not self._trailing_axes(inputs):
+                return self._moments_call(inputs)
+            if self._direct_torch(inputs):
+                return self._torch_layer_norm(inputs)
+        return super().call(inputs)
 
     def _trailing_axes(self, inputs):
         rank = len(inputs.shape)
@@ -135,7 +102,8 @@ class LayerNormalization(keras.layers.LayerNormalization):
 
     def _direct_torch(self, inputs):
         return (
-            not self.rms_scaling
+            config.fast_routes_enabled("layer_norm_torch")
+            and not self.rms_scaling
             and self.variable_dtype == "float32"
             and self.compute_dtype in _FLOATS
             and str(inputs.dtype).removeprefix("torch.") in _FLOATS
@@ -145,9 +113,7 @@ class LayerNormalization(keras.layers.LayerNormalization):
         """`torch.nn.functional.layer_norm`, which Keras's layer also ends in under torch
         for trailing axes, with the same dtype steps done as plain tensor casts: a
         half-precision input is normalized in float32 (the float32 variables unchanged) and
-        the result cast back to the input's dtype, then to the layer's compute dtype.
-        Keras's checks around those steps took two thirds of a float32 call's 75 us (ViT-Ti
-        makes 25 calls per image batch), and more under a mixed policy."""
+        the result cast back to the input's dtype, then to the layer's compute dtype."""
         import torch
 
         rank = len(inputs.shape)
@@ -178,35 +144,3 @@ class LayerNormalization(keras.layers.LayerNormalization):
         if self.beta is not None:
             outputs = outputs + ops.reshape(ops.cast(self.beta, compute_dtype), shape)
         return ops.cast(outputs, self.compute_dtype)
-
-
-@functools.lru_cache(maxsize=None)
-def _jax_layer_norm():
-    """Layer normalization over the last axis as a `jax.custom_vjp` function
-    `(x, gamma, beta, epsilon) -> y` (built on first use: JAX is imported only then)."""
-    import jax
-    import jax.numpy as jnp
-
-    def forward(x, gamma, beta, epsilon):
-        # Both moments in one pass over x, as Keras's `moments` computes them.
-        mean = jnp.mean(x, axis=-1, keepdims=True)
-        variance = jnp.maximum(jnp.mean(jnp.square(x), axis=-1, keepdims=True) - jnp.square(mean), 0.0)
-        rstd = jax.lax.rsqrt(variance + epsilon)
-        return (x - mean) * rstd * gamma + beta, (x, mean, rstd, gamma)
-
-    def backward(epsilon, residuals, dy):
-        x, mean, rstd, gamma = residuals
-        xhat = (x - mean) * rstd
-        g = dy * gamma
-        dx = rstd * (
-            g - jnp.mean(g, axis=-1, keepdims=True) - xhat * jnp.mean(g * xhat, axis=-1, keepdims=True)
-        )
-        rows = tuple(range(x.ndim - 1))
-        return dx, jnp.sum(dy * xhat, axis=rows), jnp.sum(dy, axis=rows)
-
-    @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
-    def layer_norm(x, gamma, beta, epsilon):
-        return forward(x, gamma, beta, epsilon)[0]
-
-    layer_norm.defvjp(forward, backward)
-    return layer_norm

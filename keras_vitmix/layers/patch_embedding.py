@@ -14,8 +14,8 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_vitmix._internals import call_sublayer as _sub
 from keras_vitmix.layers._checks import check_positive_int, to_pair
-from keras_vitmix.layers._platform import call_sublayer as _sub
 from keras_vitmix.layers._resize import bicubic_resize
 from keras_vitmix.layers.conv import Conv2D
 

@@ -9,8 +9,8 @@ and stochastic depth on both residual branches.
 import keras
 from keras import ops
 
+from keras_vitmix._internals import call_sublayer as _sub
 from keras_vitmix.layers._checks import check_positive_int, check_rate
-from keras_vitmix.layers._platform import call_sublayer as _sub
 from keras_vitmix.layers.attention import MultiHeadSelfAttention
 from keras_vitmix.layers.drop_path import DropPath
 from keras_vitmix.layers.mlp import MLP
@@ -102,7 +102,7 @@ class TransformerBlock(keras.layers.Layer):
     def call(self, inputs, attention_mask=None, return_attention_scores=False, training=None):
         attended = _sub(
             self.attention,
-            _sub(self.norm1, inputs, training=training),
+            _sub(self.norm1, inputs),
             attention_mask=attention_mask,
             return_attention_scores=return_attention_scores,
             training=training,
@@ -111,7 +111,7 @@ class TransformerBlock(keras.layers.Layer):
             attended, scores = attended
         attended = _sub(self.attention_output_dropout, attended, training=training)
         x = inputs + _sub(self.drop_path, self._scale(attended, "gamma1"), training=training)
-        mixed = _sub(self.mlp, _sub(self.norm2, x, training=training), training=training)
+        mixed = _sub(self.mlp, _sub(self.norm2, x), training=training)
         x = x + _sub(self.drop_path, self._scale(mixed, "gamma2"), training=training)
         return (x, scores) if return_attention_scores else x
 

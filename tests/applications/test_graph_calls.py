@@ -1,4 +1,4 @@
-"""`call_graph_node`: under torch, a model's `call` runs the layers of its graph without
+"""`_internals.call_graph` (route "sublayer_calls_torch"): under torch, a model's `call` runs the layers of its graph without
 Keras's `Layer.__call__`. Values, gradients, updated statistics, the training flag an
 outer model passes down and mixed-precision dtypes are those of Keras's route."""
 
@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import pytest
 
-from keras_vitmix.layers import _platform
+from keras_vitmix import _internals, config
 
 from tests.backend_utils import input_gradient
 from tests.layers import _layer_checks as lc
@@ -30,16 +30,16 @@ def _build(family, seed, **overrides):
     return model
 
 
-def _both_routes(monkeypatch, run):
+def _both_routes(run):
     results = []
     for direct in (True, False):
-        monkeypatch.setattr(_platform, "DIRECT_SUBLAYER_CALLS", direct)
-        results.append(run())
+        with config.fast_routes(direct, routes="sublayer_calls_torch"):
+            results.append(run())
     return results
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
-def test_direct_graph_calls_give_the_keras_route_results(family, monkeypatch):
+def test_direct_graph_calls_give_the_keras_route_results(family):
     """Outputs at inference and in training, the weights after a training call
     (BatchNormalization's moving statistics) and the input gradient agree."""
     x = lc.random_array((4, 16, 16, 3), seed=1, scale=100.0) + 127.0
@@ -52,7 +52,7 @@ def test_direct_graph_calls_give_the_keras_route_results(family, monkeypatch):
         gradient = input_gradient(lambda t: keras.ops.sum(model(t, training=True) * dy), x)
         return outputs, gradient, weights
 
-    (direct_out, direct_grad, direct_weights), (keras_out, keras_grad, keras_weights) = _both_routes(monkeypatch, run)
+    (direct_out, direct_grad, direct_weights), (keras_out, keras_grad, keras_weights) = _both_routes(run)
     assert not np.allclose(direct_out[0], direct_out[1])  # training mode did change something
     for got, expected in zip(direct_out + [direct_grad] + direct_weights, keras_out + [keras_grad] + keras_weights):
         np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
@@ -60,7 +60,7 @@ def test_direct_graph_calls_give_the_keras_route_results(family, monkeypatch):
 
 
 @pytest.mark.parametrize("family", ["ViT", "ConvMixer"])
-def test_training_flag_from_an_outer_model_reaches_the_graph(family, monkeypatch):
+def test_training_flag_from_an_outer_model_reaches_the_graph(family):
     """Called inside another model with `training=True`, the application gets the
     resolved flag: its dropout (ViT) or batch statistics (ConvMixer) act as in Keras's
     route, and not as at inference."""
@@ -71,14 +71,14 @@ def test_training_flag_from_an_outer_model_reaches_the_graph(family, monkeypatch
         outer = keras.Sequential([keras.Input((16, 16, 3)), inner])
         return lc.to_numpy(outer(x, training=True)), lc.to_numpy(inner(x, training=False))
 
-    (direct_train, direct_infer), (keras_train, keras_infer) = _both_routes(monkeypatch, run)
+    (direct_train, direct_infer), (keras_train, keras_infer) = _both_routes(run)
     np.testing.assert_allclose(direct_train, keras_train, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(direct_infer, keras_infer, rtol=1e-5, atol=1e-5)
     assert not np.allclose(direct_train, direct_infer)
 
 
 @pytest.mark.parametrize("policy", lc.MIXED_POLICIES)
-def test_mixed_precision_graph_matches_keras_route(policy, monkeypatch):
+def test_mixed_precision_graph_matches_keras_route(policy):
     """Under a mixed policy each layer runs in the autocast scope Keras would give it:
     the same values, and the head's float32 softmax as Keras's route has it."""
     x = lc.random_array((2, 16, 16, 3), seed=6, scale=100.0) + 127.0
@@ -94,12 +94,12 @@ def test_mixed_precision_graph_matches_keras_route(policy, monkeypatch):
             keras.config.set_dtype_policy(previous)
         return keras.backend.standardize_dtype(y.dtype), keras.backend.standardize_dtype(block.dtype), lc.to_numpy(y)
 
-    (direct_dtype, direct_block, direct), (keras_dtype, keras_block, expected) = _both_routes(monkeypatch, run)
+    (direct_dtype, direct_block, direct), (keras_dtype, keras_block, expected) = _both_routes(run)
     assert (direct_dtype, direct_block) == (keras_dtype, keras_block) == ("float32", policy.split("_")[1])
     np.testing.assert_allclose(direct, expected, atol=1e-6)
 
 
-def test_layer_with_an_activity_regularizer_keeps_keras_call(monkeypatch):
+def test_layer_with_an_activity_regularizer_keeps_keras_call():
     """A node the direct route cannot serve (here: an activity regularizer, which only
     `__call__` records) goes through Keras's `__call__`: the loss is there, as in
     Keras's route."""
@@ -111,7 +111,7 @@ def test_layer_with_an_activity_regularizer_keeps_keras_call(monkeypatch):
         y = model(x)
         return lc.to_numpy(y), [float(lc.to_numpy(loss)) for loss in model.losses]
 
-    (direct, direct_losses), (expected, expected_losses) = _both_routes(monkeypatch, run)
+    (direct, direct_losses), (expected, expected_losses) = _both_routes(run)
     np.testing.assert_allclose(direct, expected, rtol=1e-6, atol=1e-6)
     assert len(direct_losses) == 1 and direct_losses[0] > 0
     np.testing.assert_allclose(direct_losses, expected_losses, rtol=1e-6)
@@ -141,7 +141,7 @@ def test_torch_skips_keras_call_for_the_graph_layers(family, monkeypatch):
         assert {model.name, "block_0", "block_1", "head"} <= set(called)
 
 
-def test_wrong_image_shape_is_still_a_value_error(monkeypatch):
+def test_wrong_image_shape_is_still_a_value_error():
     """The model checks the images before any layer of the graph meets them."""
     model = small("ViT")
     with pytest.raises(ValueError, match=r"expects images of shape \(None, 16, 16, 3\).*Received: images of shape \(2, 16, 16, 1\)"):
@@ -168,7 +168,7 @@ def test_graph_node_enters_the_autocast_scope_keras_would(layer_policy, outer_sc
         with keras_backend.AutocastScope(outer_scope):
             return fn()
 
-    direct = call(lambda: _platform.call_graph_node(layer, None, x))
+    direct = call(lambda: _internals.call_graph_node(layer, None, x))
     expected = call(lambda: layer(x))
     assert keras.backend.standardize_dtype(direct.dtype) == keras.backend.standardize_dtype(expected.dtype) == expected_dtype
     np.testing.assert_array_equal(lc.to_numpy(direct), lc.to_numpy(expected))

@@ -393,3 +393,66 @@ def test_flash_attention_true_lets_out_of_memory_through(monkeypatch):
     monkeypatch.setattr(attention.ops, "dot_product_attention", full)
     with pytest.raises(RuntimeError, match="out of memory"):
         attention._fused_attention(*(lc.random_array((2, 4, HEADS, 8)),) * 3, None, 0.35, False, True)
+
+
+# cuDNN's fused attention under JAX on a GPU: the layer decides itself where it fits.
+VIT_B = (8, 197, 12, 64)  # (batch, tokens, heads, head size) of ViT-B/16
+
+
+@pytest.mark.parametrize(
+    "query_shape, dtype, training, mask_shape, capability, expected",
+    [
+        (VIT_B, "bfloat16", False, None, (9, 0), True),  # inference takes 197 tokens
+        (VIT_B, "bfloat16", True, None, (9, 0), False),  # training refuses an odd length
+        ((8, 196, 12, 64), "bfloat16", True, None, (9, 0), True),
+        ((8, 196, 12, 64), "float16", True, None, (8, 0), True),
+        (VIT_B, "float32", False, None, (9, 0), False),  # float16/bfloat16 only
+        ((8, 196, 3, 192), "bfloat16", False, None, (9, 0), True),  # Hopper: head size up to 256
+        ((8, 196, 3, 192), "bfloat16", False, None, (8, 6), False),  # Ampere: up to 128
+        ((8, 196, 3, 192), "bfloat16", False, None, None, False),  # unknown GPU: up to 128
+        ((8, 196, 2, 264), "bfloat16", False, None, (9, 0), False),
+        ((8, 196, 12, 60), "bfloat16", False, None, (9, 0), False),  # not a multiple of 8
+        ((8, 196, 12, 64), "bfloat16", False, None, (7, 5), False),  # older than Ampere
+        ((8, 196, 12, 64), "bfloat16", False, (8, 1, 1, 196), (9, 0), False),  # padding mask
+        ((8, 196, 12, 64), "bfloat16", False, (8, 1, 196, 196), (9, 0), True),
+        ((8, None, 12, 64), "bfloat16", False, None, (9, 0), False),  # length unknown
+    ],
+)
+def test_cudnn_attention_fits(query_shape, dtype, training, mask_shape, capability, expected):
+    from keras_vitmix.layers.attention import cudnn_attention_fits
+
+    assert cudnn_attention_fits(query_shape, dtype, training, mask_shape, capability) is expected
+
+
+def test_cudnn_attention_fits_rejects_a_query_of_another_rank():
+    from keras_vitmix.layers.attention import cudnn_attention_fits
+
+    with pytest.raises(ValueError, match=r"Received: query_shape=\(8, 197, 768\)"):
+        cudnn_attention_fits((8, 197, 768), "bfloat16", False)
+
+
+@pytest.mark.parametrize(
+    "tokens, training, flash, expected",
+    [(13, True, None, False), (13, False, None, None), (12, True, None, None), (13, True, True, True)],
+)
+def test_layer_passes_flash_false_where_cudnn_would_refuse(tokens, training, flash, expected, monkeypatch):
+    """As under JAX on a GPU: a training call of an odd length gets `flash_attention=False`
+    (Keras would otherwise try cuDNN and log its refusal); elsewhere the choice stays
+    Keras's (None), and an explicit `flash_attention=True` is left to fail loudly."""
+    from keras_vitmix import config
+    from keras_vitmix.layers import attention
+
+    seen = []
+    fused = attention._fused_attention
+
+    def recording(q, k, v, mask, scale, is_causal, flash):
+        seen.append(flash)
+        return fused(q, k, v, mask, scale, is_causal, flash if flash is not True else None)
+
+    monkeypatch.setattr(attention, "_jax_on_gpu", lambda: True)
+    monkeypatch.setattr(attention, "_gpu_compute_capability", lambda: (9, 0))
+    monkeypatch.setattr(attention, "_fused_attention", recording)
+    layer = MultiHeadSelfAttention(2, flash_attention=flash, dtype="mixed_bfloat16")
+    with config.fast_routes(False, routes=["attention_jax_cpu", "attention_torch"]):
+        layer(lc.random_array((2, tokens, 16), seed=1), training=training)
+    assert seen == [expected]

@@ -440,7 +440,7 @@ def _layer_norm_reference(x, gamma, beta, eps, dy):
 )
 def test_layer_norm_matches_reference_values_and_gradients(kwargs, input_shape):
     """Values and the gradients of x, gamma and beta against a float64 reference and
-    against Keras's layer; the hand-written gradient runs under JAX on the CPU."""
+    against Keras's layer (under torch: the direct `layer_norm` route)."""
     ours, theirs = LayerNormalization(**kwargs), keras.layers.LayerNormalization(**kwargs)
     for layer in (ours, theirs):
         layer.build(input_shape)
@@ -448,15 +448,12 @@ def test_layer_norm_matches_reference_values_and_gradients(kwargs, input_shape):
     theirs.set_weights(ours.get_weights())
     x = lc.random_array(input_shape, seed=12, scale=3.0) + 2.0  # a mean far from 0
     dy = lc.random_array(input_shape, seed=13)
-    assert ours._fused_applies(x, training=True) == (keras.backend.backend() == "jax")
-    assert not ours._fused_applies(x, training=False)  # inference: Keras's computation
     gamma, beta = (lc.to_numpy(w) for w in (ours.gamma, ours.beta))
     y, dx, dgamma, dbeta = _layer_norm_reference(x, gamma, beta, kwargs["epsilon"], dy)
-    for training in (True, False):
-        np.testing.assert_allclose(lc.to_numpy(ours(x, training=training)), y, atol=2e-5, rtol=1e-5)
-        np.testing.assert_allclose(lc.to_numpy(ours(x, training=training)), lc.to_numpy(theirs(x)), atol=1e-5)
+    np.testing.assert_allclose(lc.to_numpy(ours(x)), y, atol=2e-5, rtol=1e-5)
+    np.testing.assert_allclose(lc.to_numpy(ours(x)), lc.to_numpy(theirs(x)), atol=1e-5)
     dy_tensor = keras.ops.convert_to_tensor(dy)
-    got = input_gradient(lambda t: keras.ops.sum(ours(t, training=True) * dy_tensor), x)
+    got = input_gradient(lambda t: keras.ops.sum(ours(t) * dy_tensor), x)
     np.testing.assert_allclose(got, dx, atol=2e-5, rtol=1e-4)
     # Sums along the normalized axis vanish: the gradient has no component along it.
     np.testing.assert_allclose(got.sum(-1), 0.0, atol=1e-4)
@@ -510,7 +507,6 @@ def test_layer_norm_other_forms_take_keras_route(kwargs, input_shape):
     layer.build(input_shape)
     lc.randomize_weights(layer, seed=14)
     x = lc.random_array(input_shape, seed=15)
-    assert not layer._fused_applies(x, training=True)
     axes = tuple(a % len(input_shape) for a in np.atleast_1d(kwargs.get("axis", -1)))
     shape = [input_shape[i] if i in axes else 1 for i in range(len(input_shape))]
     expected = (x - x.mean(axes, keepdims=True)) / np.sqrt(x.var(axes, keepdims=True) + 1e-3)
@@ -519,37 +515,6 @@ def test_layer_norm_other_forms_take_keras_route(kwargs, input_shape):
     if layer.center:
         expected = expected + lc.to_numpy(layer.beta).reshape(shape)
     np.testing.assert_allclose(lc.to_numpy(layer(x)), expected, atol=2e-5, rtol=1e-5)
-
-
-def test_layer_norm_route_is_cpu_jax_only(monkeypatch):
-    from keras_vitmix.layers import normalization
-
-    layer = LayerNormalization()
-    layer.build((2, 5, 8))
-    x = keras.KerasTensor((2, 5, 8))
-    assert layer._fused_applies(x, training=True) == (keras.backend.backend() == "jax")
-    assert not layer._fused_applies(x, training=None) and not layer._fused_applies(x, training=False)
-    monkeypatch.setattr(normalization, "_jax_on_cpu", lambda: False)  # e.g. JAX on a GPU
-    assert not layer._fused_applies(x, training=True)
-
-
-def test_blocks_take_the_layer_norm_route_in_training_only():
-    """A block's norms get the training flag from the block's call: under JAX, a training
-    call traces one hand-written-gradient call per LayerNormalization, inference none."""
-    if keras.backend.backend() != "jax":
-        pytest.skip("the route is JAX's")
-    import jax
-
-    from keras_vitmix.layers import MixerBlock, TransformerBlock
-
-    x = lc.random_array((2, 4, 8), seed=16)
-    for block in (TransformerBlock(num_heads=2, mlp_dim=16), MixerBlock(token_mlp_dim=4, channel_mlp_dim=16)):
-        model = keras.Sequential([keras.Input((4, 8)), block])
-        trainable = [v.value for v in model.trainable_variables]
-        frozen = [v.value for v in model.non_trainable_variables]  # e.g. seed generators' states
-        for training, expected in ((True, 2), (False, 0)):
-            jaxpr = jax.make_jaxpr(lambda t: model.stateless_call(t, frozen, x, training=training)[0])(trainable)
-            assert str(jaxpr).count("custom_vjp_call") == expected, (type(block).__name__, training)
 
 
 @pytest.mark.parametrize("policy", lc.MIXED_POLICIES)

@@ -1,4 +1,4 @@
-"""`call_sublayer`: under torch, a block calls its built sublayers' `call` directly and
+"""`_internals.call_sublayer` (route "sublayer_calls_torch"): under torch, a block calls its built sublayers' `call` directly and
 skips Keras's `Layer.__call__`. Values, gradients, updated statistics and mixed-precision
 dtypes are those of the Keras route, and a wrong input shape is still a `ValueError`
 raised at the block."""
@@ -7,16 +7,8 @@ import keras
 import numpy as np
 import pytest
 
-from keras_vitmix.layers import (
-    MLP,
-    ConvMixerBlock,
-    Dense,
-    MixerBlock,
-    MultiHeadSelfAttention,
-    PatchEmbedding,
-    TransformerBlock,
-    _platform,
-)
+from keras_vitmix import _internals, config
+from keras_vitmix.layers import MLP, ConvMixerBlock, Dense, MixerBlock, MultiHeadSelfAttention, PatchEmbedding, TransformerBlock
 
 from tests.backend_utils import input_gradient
 
@@ -45,7 +37,7 @@ def _model(cls, kwargs, shape, seed):
 
 
 @pytest.mark.parametrize("cls, kwargs, shape", BLOCKS, ids=IDS)
-def test_direct_calls_give_the_keras_route_results(cls, kwargs, shape, monkeypatch):
+def test_direct_calls_give_the_keras_route_results(cls, kwargs, shape):
     """The same weights run through both routes: outputs at inference and in training,
     the weights after the training call (BatchNormalization's moving statistics) and
     the input gradient agree."""
@@ -53,11 +45,11 @@ def test_direct_calls_give_the_keras_route_results(cls, kwargs, shape, monkeypat
     dy = keras.ops.convert_to_tensor(lc.random_array((shape[0], *_model(cls, kwargs, shape, 0).output_shape[1:]), seed=2))
     results = []
     for direct in (True, False):
-        monkeypatch.setattr(_platform, "DIRECT_SUBLAYER_CALLS", direct)
-        model = _model(cls, kwargs, shape, seed=3)
-        outputs = [lc.to_numpy(model(x, training=training)) for training in (False, True)]
-        weights = [lc.to_numpy(w) for w in model.weights]  # before JAX's grad traces the call
-        gradient = input_gradient(lambda t: keras.ops.sum(model(t, training=True) * dy), x)
+        with config.fast_routes(direct, routes="sublayer_calls_torch"):
+            model = _model(cls, kwargs, shape, seed=3)
+            outputs = [lc.to_numpy(model(x, training=training)) for training in (False, True)]
+            weights = [lc.to_numpy(w) for w in model.weights]  # before JAX's grad traces the call
+            gradient = input_gradient(lambda t: keras.ops.sum(model(t, training=True) * dy), x)
         results.append((outputs, gradient, weights))
     (direct_out, direct_grad, direct_weights), (keras_out, keras_grad, keras_weights) = results
     for got, expected in zip(direct_out + [direct_grad] + direct_weights, keras_out + [keras_grad] + keras_weights):
@@ -92,22 +84,22 @@ def test_unbuilt_sublayers_take_keras_call():
     """Keras's `__call__` builds a layer on its first call; the direct route never
     sees an unbuilt one."""
     layer = Dense(3)
-    outputs = _platform.call_sublayer(layer, lc.random_array((2, 4), seed=5))
+    outputs = _internals.call_sublayer(layer, lc.random_array((2, 4), seed=5))
     assert layer.built and tuple(outputs.shape) == (2, 3)
 
 
 @pytest.mark.parametrize("policy", lc.MIXED_POLICIES)
-def test_mixed_precision_matches_keras_route(policy, monkeypatch):
+def test_mixed_precision_matches_keras_route(policy):
     """Sublayers called directly run inside the block's autocast scope: the output has
     the policy's compute dtype and the Keras route's values."""
     x = lc.random_array((2, 5, 8), seed=6)
     outputs = []
     for direct in (True, False):
-        monkeypatch.setattr(_platform, "DIRECT_SUBLAYER_CALLS", direct)
         block = TransformerBlock(num_heads=2, mlp_dim=16, dtype=policy)
         model = keras.Sequential([keras.Input((5, 8)), block])
         lc.randomize_weights(model, seed=7)
-        y = model(x)
+        with config.fast_routes(direct, routes="sublayer_calls_torch"):
+            y = model(x)
         assert keras.backend.standardize_dtype(y.dtype) == policy.split("_")[1]
         outputs.append(lc.to_numpy(y))
     np.testing.assert_allclose(outputs[0], outputs[1], atol=1e-6)

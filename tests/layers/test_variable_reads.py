@@ -1,4 +1,4 @@
-"""`_platform.torch_variable_value`: under torch, the same tensor as Keras's
+"""`_internals.torch_variable_value` (route "variable_reads_torch"): under torch, the same tensor as Keras's
 `Variable.value` in every scope a layer can be called in (autocast to a float dtype, an
 autocast scope without a dtype, a stateless scope, no scope), for floating, integer and
 non-autocasting variables. The layers' torch routes read their weights through it."""
@@ -9,7 +9,7 @@ import pytest
 from keras.src import backend as keras_backend
 from keras.src.backend.common.stateless_scope import StatelessScope
 
-from keras_vitmix.layers import _platform
+from keras_vitmix import _internals
 
 pytestmark = pytest.mark.skipif(keras.backend.backend() != "torch", reason="a torch route's variable reads")
 
@@ -33,10 +33,10 @@ def test_reads_match_keras_in_each_autocast_scope(scope_dtype):
     variables = _variables()
     for name, variable in variables.items():
         if scope_dtype == "no scope":
-            ours, theirs = _platform.torch_variable_value(variable), variable.value
+            ours, theirs = _internals.torch_variable_value(variable), variable.value
         else:
             with keras_backend.AutocastScope(scope_dtype):
-                ours, theirs = _platform.torch_variable_value(variable), variable.value
+                ours, theirs = _internals.torch_variable_value(variable), variable.value
         _same(ours, theirs)
         cast = scope_dtype in ("bfloat16", "float16") and name in ("kernel", "bias")
         assert str(ours.dtype) == (f"torch.{scope_dtype}" if cast else f"torch.{variable.dtype}"), name
@@ -51,10 +51,10 @@ def test_stateless_scope_and_meta_device_are_keras_reads():
     replacement = torch.full(tuple(kernel.shape), 3.0)
     with StatelessScope(state_mapping=[(kernel, replacement)]):
         with keras_backend.AutocastScope("bfloat16"):
-            ours = _platform.torch_variable_value(kernel)
+            ours = _internals.torch_variable_value(kernel)
     assert ours.dtype == torch.bfloat16 and float(ours[0, 0]) == 3.0  # the scope's value, autocast
     with keras.device("meta"):
-        assert _platform.torch_variable_value(kernel).device.type == "meta"  # Keras's stand-in
+        assert _internals.torch_variable_value(kernel).device.type == "meta"  # Keras's stand-in
 
 
 def test_mixed_precision_dense_reads_its_kernel_once_cast():
