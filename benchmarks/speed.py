@@ -16,6 +16,7 @@ table replaces the speed section of benchmarks/RESULTS.md (`--no-record`: print 
 
     python benchmarks/speed.py                                  # all backends, default models
     python benchmarks/speed.py --backends jax --models vit_tiny_patch16_224 --repeats 5
+    python benchmarks/speed.py --backends torch --no-fast-routes dense_torch   # one route off
 """
 
 import argparse
@@ -50,6 +51,8 @@ def parse(argv):
     parser.add_argument("--jit-compile", default="auto", choices=("auto", "true", "false"),
                         help="compile()'s jit_compile for ours and keras-hub (auto: XLA where the backend has it)")
     parser.add_argument("--no-record", action="store_true")
+    parser.add_argument("--no-fast-routes", nargs="*", default=None, metavar="NAME",
+                        help="keras_vitmix's fast routes off: all of them, or those named (config.FAST_ROUTES)")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)  # the backend, in a child
     return parser.parse_args(argv)
 
@@ -150,6 +153,9 @@ def worker(args):
 
     from keras_vitmix import config
     from keras_vitmix.flops import count_flops
+
+    if args.no_fast_routes is not None:  # the flag alone: every route
+        config.set_fast_routes(False, routes=args.no_fast_routes or None)
 
     rows = []
     for name in args.models:
