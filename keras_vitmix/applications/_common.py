@@ -254,10 +254,10 @@ class Application(keras.Model):
         return super().call(inputs, training=training, mask=mask, **kwargs)
 
     def get_compile_config(self):
-        # Keras records a backend's own optimizer class (e.g. module
-        # "keras.src.backend.torch.optimizers.torch_adam"), so a file compiled under
-        # torch would import torch when loaded under TensorFlow. Point it at the public,
-        # backend-neutral class so a saved model loads compiled under any backend.
+        # Keras records a backend's own optimizer class (a module in its private backend
+        # package, e.g. torch's Adam), so a file compiled under torch would import torch
+        # when loaded under TensorFlow. Point it at the public, backend-neutral class so
+        # a saved model loads compiled under any backend.
         config = super().get_compile_config()
         optimizer = (config or {}).get("optimizer")
         if (
