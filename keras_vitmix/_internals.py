@@ -3,8 +3,9 @@
 Everything here exists because a fast route or a convenience needs a symbol that Keras
 or TensorFlow do not make public. Each function has a fallback to the public path that
 gives the same numbers, taken when the symbol is missing (an older or newer Keras) or
-when `keras_vitmix.config.fast_routes_enabled()` is false; tests/test_internals.py
-simulates the absence of each symbol and checks the fallback. No other module of the
+when its fast route is off (`keras_vitmix.config`). tests/test_internals_layers.py,
+tests/test_internals_graph.py and tests/test_export_internals.py simulate the absence of
+each symbol and check that the fallback gives the same result. No other module of the
 package names a `keras.src` import or an underscored attribute of a Keras object.
 """
 
