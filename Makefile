@@ -10,7 +10,7 @@ export TF_CPP_MIN_LOG_LEVEL := 3
 DEMO := runs/demo
 DEMO_BACKEND ?= jax
 
-.PHONY: install test demo models clean $(addprefix test-,$(BACKENDS))
+.PHONY: install test test-keras-floor demo models clean $(addprefix test-,$(BACKENDS))
 
 $(STAMP): pyproject.toml requirements/constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -34,6 +34,31 @@ test: $(STAMP)
 $(addprefix test-,$(BACKENDS)): test-%: $(STAMP)
 	@echo "=== pytest, KERAS_BACKEND=$*"
 	@KERAS_BACKEND=$* $(PY) -m pytest -p no:cacheprovider -n $(JOBS) --dist worksteal $(PYTEST_ARGS)
+
+# The Keras floor: the lowest Keras that pyproject.toml allows, pinned in
+# requirements/keras-floor.txt, installed (without dependencies: the venv has Keras's) in
+# a folder of its own that PYTHONPATH puts before the venv's newer Keras. tests/layers and
+# tests/applications run on it under jax and torch (FLOOR_BACKENDS), with PYTEST_ARGS;
+# .ci/run runs a fast subset. The stamp names the version, so a new pin reinstalls.
+KERAS_FLOOR := $(shell sed -n 's/^keras==\([0-9][0-9.]*\).*/\1/p' requirements/keras-floor.txt)
+FLOOR_DIR := $(VENV)/keras-floor
+FLOOR_STAMP := $(FLOOR_DIR)/.installed-$(KERAS_FLOOR)
+FLOOR_BACKENDS ?= jax torch
+FLOOR_TESTS ?= tests/layers tests/applications
+FLOOR_ENV = PYTHONPATH=$(abspath $(FLOOR_DIR))
+
+$(FLOOR_STAMP): requirements/keras-floor.txt | $(STAMP)
+	rm -rf $(FLOOR_DIR)
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps --target $(FLOOR_DIR) -r requirements/keras-floor.txt 2>&1 | grep -v "is ignored: it is neither" || true
+	$(FLOOR_ENV) $(PY) -c "import keras, sys; sys.exit(None if keras.__version__ == '$(KERAS_FLOOR)' else 'not the floor: keras ' + keras.__version__ + ' from ' + keras.__file__)"
+	touch $@
+
+test-keras-floor: $(STAMP) $(FLOOR_STAMP)
+	@status=0; for backend in $(FLOOR_BACKENDS); do \
+	  echo "=== pytest on the Keras floor $(KERAS_FLOOR), KERAS_BACKEND=$$backend"; \
+	  $(FLOOR_ENV) KERAS_BACKEND=$$backend $(PY) -m pytest -p no:cacheprovider -n $(JOBS) --dist worksteal \
+	    $(FLOOR_TESTS) $(PYTEST_ARGS) || status=1; \
+	done; exit $$status
 
 # The main job: train HybridMixerViT on the embedded digits (no network), then write its
 # attention maps and export it (SavedModel, ONNX). Leaves everything in runs/demo/.
