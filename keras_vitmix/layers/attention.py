@@ -157,15 +157,17 @@ class MultiHeadSelfAttention(keras.layers.Layer):
                 q, k, v, attention_mask, use_causal_mask, scale, training
             )
         else:
-            mask = None
+            mask, is_causal = None, use_causal_mask
             if attention_mask is not None:
-                mask = self._mask(attention_mask, False, tokens)
+                # Both masks in one: Keras before 3.15 dropped `is_causal` under torch when
+                # a mask was given too.
+                mask, is_causal = self._mask(attention_mask, use_causal_mask, tokens), False
             if flash is None and _jax_on_gpu() and not cudnn_attention_fits(
                 q.shape, q.dtype, training=bool(training), mask_shape=None if mask is None else mask.shape,
                 compute_capability=_gpu_compute_capability(),
             ):
                 flash = False  # Keras would try cuDNN, log the refusal with a traceback, then fall back
-            outputs = _fused_attention(q, k, v, mask, scale, use_causal_mask, flash)  # (B, N, H, d)
+            outputs = _fused_attention(q, k, v, mask, scale, is_causal, flash)  # (B, N, H, d)
             scores = None
         batch = ops.shape(outputs)[0]
         outputs = _sub(self.proj, ops.reshape(outputs, (batch, tokens, self.num_heads * self._head_dim)))
