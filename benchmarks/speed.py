@@ -211,6 +211,8 @@ def main(argv=None):
         from keras_vitmix import config
 
         config.tune_malloc()  # before any model runs
+        if args.worker == "jax":
+            config.tune_xla_cpu()  # as the keras-vitmix command does; before JAX computes
         return worker(args)
     rows = run_backends(__file__, args.backends, argv, lambda rows: format_table(rows, args.batch_size))
     if rows and not args.no_record:

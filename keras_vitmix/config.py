@@ -21,6 +21,11 @@ only a program that owns its process should ask for it: the `keras-vitmix` comma
 the benchmarks do. glibc's own environment variables do the same without code, set
 before Python starts: `MALLOC_ARENA_MAX=1 MALLOC_MMAP_MAX_=0
 MALLOC_TRIM_THRESHOLD_=2147483647 MALLOC_TOP_PAD_=2147483647`.
+
+XLA:CPU. `tune_xla_cpu()` adds one XLA option to `XLA_FLAGS` for the process (YNNPACK
+for reductions only); it pays for ConvMixer's and Mixer's JAX training steps on the CPU
+and costs ViT's, so the `keras-vitmix` command opts in under JAX and a library import
+does not.
 """
 
 import contextlib
@@ -155,3 +160,50 @@ def tune_malloc():
 def malloc_tuned():
     """What `tune_malloc()` returned in this process, or None if it was not called."""
     return _malloc._state["tuned"] if _malloc._state["done"] else None
+
+
+XLA_CPU_FLAGS = ("--xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_REDUCE",)
+_xla = {"checked": None}
+
+
+def tune_xla_cpu(environ=None):
+    """Adds keras_vitmix's XLA:CPU option (`XLA_CPU_FLAGS`) to `XLA_FLAGS`, for this process.
+
+    XLA:CPU hands matrix products and reductions to its YNNPACK library by default; the
+    option keeps YNNPACK for reductions only. Against XLA's defaults on a 2-core AVX-512
+    EPYC, JAX training steps took 0.87-0.90x the time for ConvMixer-768/32 and 0.95x for
+    Mixer-S/16, but 1.11x for ViT-Ti/16 (docs/performance.md, "XLA:CPU option"). It is
+    process-wide, so it is opt-in: the `keras-vitmix` command and `benchmarks/speed.py`
+    call it under JAX. XLA reads `XLA_FLAGS` once, when its CPU backend starts, so call
+    this before the first JAX computation. A flag already in `XLA_FLAGS` is left as it
+    is. XLA aborts the process on a flag it does not know, so the first call checks in
+    a child process that this jaxlib takes the option, and adds nothing if not.
+
+    Returns:
+        The flags added: an empty tuple when they were there already or this jaxlib
+        refuses them.
+    """
+    environ = os.environ if environ is None else environ
+    current = environ.get("XLA_FLAGS", "")
+    present = {flag.split("=", 1)[0] for flag in current.split()}
+    added = tuple(flag for flag in XLA_CPU_FLAGS if flag.split("=", 1)[0] not in present)
+    if not added or not _jax_takes(added):
+        return ()
+    environ["XLA_FLAGS"] = " ".join([current, *added]).strip()
+    return added
+
+
+def _jax_takes(flags):
+    """Whether a jaxlib compiles with `flags` in `XLA_FLAGS` (checked once, in a child)."""
+    if _xla["checked"] is None:
+        import subprocess
+        import sys
+
+        code = "import jax, numpy; jax.jit(lambda x: x + 1)(numpy.zeros(1)).block_until_ready()"
+        env = {**os.environ, "XLA_FLAGS": " ".join(flags), "JAX_PLATFORMS": "cpu"}
+        try:
+            result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, timeout=120)
+            _xla["checked"] = result.returncode == 0
+        except (OSError, subprocess.SubprocessError):
+            _xla["checked"] = False
+    return _xla["checked"]

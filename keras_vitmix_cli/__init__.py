@@ -98,6 +98,10 @@ def main(argv=None):
             import tensorflow  # noqa: F401  (datasets, training and export read through tf.data)
     try:
         config.tune_malloc()
+        import keras  # already imported, with its backend fixed, by keras_vitmix
+
+        if keras.backend.backend() == "jax":
+            config.tune_xla_cpu()  # before JAX computes anything
     except ValueError as error:  # KERAS_VITMIX_MALLOC misspelt: one clear line, like cli.main's
         print(f"keras-vitmix: error: {error}", file=sys.stderr)
         return 2

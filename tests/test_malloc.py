@@ -1,6 +1,7 @@
 """Allocator tuning is opt-in: `import keras_vitmix` leaves glibc's malloc as it is, and
 `keras_vitmix.config.tune_malloc()` makes it keep and reuse large freed blocks."""
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -159,3 +160,35 @@ def test_a_refused_setting_is_reported_and_the_others_stay(fresh_state, monkeypa
 def test_unknown_choice_is_a_clear_error(fresh_state):
     with pytest.raises(ValueError, match=r"KERAS_VITMIX_MALLOC must be 'reuse'.*Received: KERAS_VITMIX_MALLOC='fast'"):
         _malloc.tune({_malloc.ENV: "fast"})
+
+
+def test_tune_xla_cpu_adds_its_flag_once_and_keeps_the_users(monkeypatch):
+    from keras_vitmix import config
+
+    monkeypatch.setattr(config, "_jax_takes", lambda flags: True)
+    environ = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    assert config.tune_xla_cpu(environ) == config.XLA_CPU_FLAGS
+    assert environ["XLA_FLAGS"].split() == ["--xla_force_host_platform_device_count=2", *config.XLA_CPU_FLAGS]
+    assert config.tune_xla_cpu(environ) == ()  # already there: unchanged
+    assert environ["XLA_FLAGS"].split() == ["--xla_force_host_platform_device_count=2", *config.XLA_CPU_FLAGS]
+    mine = {"XLA_FLAGS": "--xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_DEFAULT"}
+    assert config.tune_xla_cpu(mine) == ()  # the user's own value of the flag wins
+    assert mine["XLA_FLAGS"] == "--xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_DEFAULT"
+
+
+def test_tune_xla_cpu_adds_nothing_where_jaxlib_refuses_the_flag(monkeypatch):
+    from keras_vitmix import config
+
+    monkeypatch.setattr(config, "_jax_takes", lambda flags: False)
+    environ = {}
+    assert config.tune_xla_cpu(environ) == () and "XLA_FLAGS" not in environ
+
+
+@pytest.mark.skipif(importlib.util.find_spec("jax") is None, reason="needs jax")
+def test_this_jaxlib_takes_the_flag_and_refuses_an_unknown_one(monkeypatch):
+    from keras_vitmix import config
+
+    monkeypatch.setitem(config._xla, "checked", None)
+    assert config._jax_takes(config.XLA_CPU_FLAGS) is True
+    monkeypatch.setitem(config._xla, "checked", None)
+    assert config._jax_takes(("--xla_cpu_no_such_flag=1",)) is False  # XLA aborts on it: the child says so
