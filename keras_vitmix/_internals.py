@@ -9,6 +9,13 @@ each symbol and check that the fallback gives the same result. No other module o
 package names a `keras.src` import or an underscored attribute of a Keras object.
 """
 
+import functools
+import importlib
+
+import keras
+
+from keras_vitmix import config as _config
+
 
 # --- graphs and augmentation ---
 #
@@ -68,8 +75,6 @@ def _graph_node_calls(graph, layer):
 
 
 def _first_call_from_layer_input(graph, layer):
-    import keras
-
     tensors = layer.input  # the first call's input tensors, flattened
     tensors = list(tensors) if isinstance(tensors, (list, tuple)) else [tensors]
     try:
@@ -100,8 +105,6 @@ def use_bincount_histograms(layer):
     missing, or `keras_vitmix.config.fast_routes_enabled()` is false, the layer keeps
     Keras's own counting: the same counts, slower under JAX.
     """
-    import keras
-
     from keras_vitmix import config
 
     if not isinstance(layer, keras.layers.Equalization):
@@ -137,13 +140,6 @@ def _bincount_histogram(values, value_range, nbins):
 # tests/test_internals_layers.py makes each symbol missing in turn.
 #
 # TensorFlow: whether a function is being compiled by XLA has no public spelling either.
-
-import functools  # noqa: E402
-import importlib  # noqa: E402
-
-import keras  # noqa: E402
-
-from keras_vitmix import config as _config  # noqa: E402
 
 try:  # the per-thread scopes (stateless, autocast, device) a variable read consults
     from keras.src.backend.common import global_state as _keras_global_state
@@ -200,17 +196,11 @@ def torch_variable_value(variable):
     return value
 
 
+@functools.lru_cache(maxsize=None)
 def _torch_dtypes():
-    if not _TORCH_DTYPES:
-        import torch
+    import torch
 
-        _TORCH_DTYPES.update(
-            {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32, "float64": torch.float64}
-        )
-    return _TORCH_DTYPES
-
-
-_TORCH_DTYPES = {}
+    return {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32, "float64": torch.float64}
 
 
 def call_sublayer(layer, *args, **kwargs):
@@ -382,8 +372,6 @@ def flatten_layers(layer):
 
 
 def _walk_layers(root):
-    import keras
-
     found, seen, stack = [], set(), [root]
     while stack:
         layer = stack.pop()
@@ -397,8 +385,6 @@ def _walk_layers(root):
 
 
 def _held_layers(values):
-    import keras
-
     layers, pending, opened = [], list(values), set()
     while pending:
         value = pending.pop(0)
@@ -419,8 +405,6 @@ def patch_tf2onnx():
     (once per process). Where that module is missing (another Keras), nothing is patched:
     tf2onnx converts as it is, and its own errors are reported.
     """
-    import importlib
-
     try:
         module = importlib.import_module(_TF2ONNX_PATCH_MODULE)
     except ImportError:
@@ -441,8 +425,6 @@ def frozen_graph(concrete_function):
     `tf_loader.from_function`, which freezes with it where it can and then prunes the
     graph with TensorFlow's graph optimizer: the same computation, for the same names.
     """
-    import importlib
-
     try:
         convert = importlib.import_module(_CONVERT_TO_CONSTANTS_MODULE).convert_variables_to_constants_v2
     except (ImportError, AttributeError):
