@@ -1,5 +1,6 @@
 """Image-classification data for the models: the embedded digits, any TFDS
-image-classification name, or a folder in `train/<class>/` layout, as tf.data pipelines.
+image-classification name, or a folder in `train/<class>/` layout, as tf.data pipelines
+or (without TensorFlow, but for TFDS) as NumPy arrays.
 
 Every source yields batches of (images, labels): float32 pixel values in [0, 255] shaped
 (B, H, W, 3) — the models rescale and normalize inside — and int32 labels (or one-hot
@@ -8,10 +9,13 @@ tf.data whatever the Keras backend; Keras preprocessing layers work inside them.
 
 The modules, one responsibility each: `info` (split names, `DatasetInfo`), `folders`
 (which files make a folder's split, reading one image; no TensorFlow), `sources`
-(digits, folder and TFDS decoded into tf.data) and `pipeline` (`load`, `resolve`:
-batching, shuffling, augmentation). Everything public is importable from here.
+(digits, folder and TFDS decoded into tf.data), `pipeline` (`load`, `resolve`:
+batching, shuffling, augmentation) and `arrays` (`load_arrays`: every source as uint8
+NumPy arrays, a folder decoded once and cached; `check_arrays`, `array_info` and
+`split_arrays` for the caller's own arrays). Everything public is importable from here.
 """
 
+from keras_vitmix.datasets.arrays import array_info, check_arrays, load_arrays, split_arrays
 from keras_vitmix.datasets.folders import IMAGE_SUFFIXES, list_folder, read_image
 from keras_vitmix.datasets.info import SPLITS, DatasetInfo, DatasetUnavailableError, as_image_size
 from keras_vitmix.datasets.pipeline import AUGMENTS, SHUFFLE_BUFFER, load, resolve
@@ -23,9 +27,13 @@ __all__ = [
     "SPLITS",
     "DatasetInfo",
     "DatasetUnavailableError",
+    "array_info",
     "as_image_size",
+    "check_arrays",
     "list_folder",
     "load",
+    "load_arrays",
     "read_image",
     "resolve",
+    "split_arrays",
 ]

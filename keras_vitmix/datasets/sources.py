@@ -3,7 +3,8 @@ label) at one image size, with its `DatasetInfo`: the embedded digits, an image 
 and any TFDS image-classification dataset.
 
 Each source decodes and resizes, and nothing more; batching, shuffling and augmentation
-are the pipeline's (`keras_vitmix.datasets.pipeline`), the same for every source.
+are the pipeline's (`keras_vitmix.datasets.pipeline`), the same for every source. The
+digits are made in NumPy (`digits_arrays`), which `keras_vitmix.datasets.arrays` shares.
 """
 
 import difflib
@@ -16,8 +17,26 @@ from keras_vitmix.datasets.info import DatasetInfo, DatasetUnavailableError
 
 
 def digits(split, image_size):
-    """scikit-learn's digits: a fixed stratified 70/10/20 train/validation/test split."""
+    """`digits_arrays` as a tf.data Dataset: the pipeline and `load_arrays` see the same pixels."""
     import tensorflow as tf
+
+    images, labels, info = digits_arrays(split, image_size)
+    return tf.data.Dataset.from_tensor_slices((images, labels)), info
+
+
+def digits_arrays(split, image_size):
+    """scikit-learn's digits as NumPy: a fixed stratified 70/10/20 train/validation/test split.
+
+    Resized with Pillow's bicubic filter on the 0..255 float pixels, so that the tf.data
+    pipeline and the TensorFlow-free in-memory path share one implementation. Upscaled
+    (the default 32x32), it agrees with `tf.image.resize(..., "bicubic")` to within one
+    level after rounding; shrunk below 8x8, Pillow antialiases where TensorFlow's bicubic
+    would alias.
+
+    Returns:
+        `(images, labels, info)`: uint8 (N, H, W, 3) gray-as-RGB, int32 (N,), `DatasetInfo`.
+    """
+    from PIL import Image
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
@@ -27,9 +46,10 @@ def digits(split, image_size):
     train, validation = train_test_split(rest, test_size=0.125, stratify=data.target[rest], random_state=0)
     chosen = {"train": train, "validation": validation, "test": test}[split]
     size = image_size or (32, 32)
-    pixels = data.images[chosen, :, :, None] * (255.0 / 16.0)  # 0..16 -> 0..255
-    pixels = tf.image.resize(pixels, size, method="bicubic").numpy()
-    pixels = np.repeat(np.clip(np.round(pixels), 0, 255).astype(np.uint8), 3, axis=-1)
+    pixels = (data.images[chosen] * (255.0 / 16.0)).astype(np.float32)  # 0..16 -> 0..255
+    # Mode "F" (32-bit float): Pillow resamples it without rounding to 8 bits first.
+    resized = [np.asarray(Image.fromarray(p).resize(size[::-1], Image.Resampling.BICUBIC)) for p in pixels]
+    gray = np.clip(np.round(np.stack(resized)), 0, 255).astype(np.uint8)
     info = DatasetInfo(
         name="digits",
         split=split,
@@ -41,7 +61,7 @@ def digits(split, image_size):
         note="scikit-learn digits, fixed stratified 70/10/20 split",
         flip_invariant=False,
     )
-    return tf.data.Dataset.from_tensor_slices((pixels, data.target[chosen].astype(np.int32))), info
+    return np.repeat(gray[..., None], 3, axis=-1), data.target[chosen].astype(np.int32), info
 
 
 def folder(root, split, image_size, seed, validation_fraction, shuffle=False):
