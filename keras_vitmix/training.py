@@ -96,9 +96,7 @@ def compile_for_training(
         ema_momentum=0.99 if ema_momentum is None else float(ema_momentum),
     )
     optimizer.exclude_from_weight_decay(var_names=list(NO_WEIGHT_DECAY))
-    metrics = [keras.metrics.MeanMetricWrapper(top1_accuracy, name="accuracy")]
-    if model.output_shape[-1] > 5:
-        metrics.append(keras.metrics.MeanMetricWrapper(top5_accuracy, name="top5"))
+    metrics = _metrics(model.output_shape[-1])
     model.compile(
         optimizer=optimizer,
         loss=ClassificationLoss(label_smoothing=label_smoothing),
@@ -149,17 +147,20 @@ def write_json(path, payload):
     os.replace(tmp, path)
 
 
+PIPELINES = ("auto", "device", "tf.data")
+
+
 def train(
     model="hybrid_mixer_vit_cifar_patch4_32",
     dataset="digits",
-    epochs=10,
-    batch_size=128,
+    epochs=None,
+    batch_size=None,
     image_size=None,
-    learning_rate=1e-3,
-    weight_decay=0.05,
-    warmup_epochs=1,
-    label_smoothing=0.1,
-    augment=True,
+    learning_rate=None,
+    weight_decay=None,
+    warmup_epochs=None,
+    label_smoothing=None,
+    augment=None,
     mixed_precision=False,
     jit_compile="auto",
     distribute=None,
@@ -169,90 +170,378 @@ def train(
     model_overrides=None,
     extra_callbacks=(),
     ema_momentum=None,
+    pipeline="auto",
+    recipe=None,
+    drop_path_rate=None,
+    test_time_flip=None,
+    clipnorm=None,
+    validation_fraction=0.1,
 ):
-    """Trains a model on a dataset with the recipe and writes a run folder.
+    """Trains a model on a dataset with a recipe and writes a run folder.
 
-    A run killed part-way resumes at the epoch it reached when called again with the
-    same `output_dir`.
+    Every training argument left at None takes the value of the recipe
+    (`keras_vitmix.recipes`, docs/recipes.md): `recipe="small"`, `"cifar"` or `"deit"`,
+    chosen by default from the training split's size and image side. Arguments given
+    explicitly win over the recipe. A run killed part-way resumes at the epoch it reached
+    when called again with the same `output_dir`.
 
     Args:
         model: a registered name, a `keras.Model`, or a `.keras` path.
-        dataset: "digits", a TFDS name or a folder (see `keras_vitmix.datasets.load`).
+        dataset: "digits", a TFDS name, a folder (see `keras_vitmix.datasets.load`), or
+            in-memory arrays: `(images, labels)` (a seeded `validation_fraction` of each
+            class is held out, and is also the test split) or a dict with "train" and
+            optionally "validation" and "test" entries of `(images, labels)`. Images are
+            uint8 (N, H, W, 3) of the model's input size; labels integers.
         epochs: int >= 1.
         batch_size: int >= 1. The training split's last, partial batch is dropped, a
-            different remainder each epoch (`keras_vitmix.datasets.load`'s
-            `drop_remainder`).
+            different remainder each epoch, so that the step compiles once.
         image_size: int; defaults to the model's input size.
-        learning_rate, weight_decay, label_smoothing: the recipe's (see
+        learning_rate, weight_decay, label_smoothing, clipnorm: the optimizer's (see
             `compile_for_training`); `warmup_epochs` of linear warmup.
-        augment: see `keras_vitmix.datasets.load` (training split only).
+        augment: a policy of `keras_vitmix.augmentation.AUGMENTATIONS` ("none",
+            "light", "medium", "strong"; False/True mean "none"/"light").
         mixed_precision: bool, train under the "mixed_bfloat16" policy.
         jit_compile: "auto", True (XLA; tensorflow and jax) or False.
-        distribute: None or "data_parallel".
+        distribute: None or "data_parallel" (tf.data pipeline only).
         output_dir: folder for model.keras (best by validation accuracy, the later
-            epoch on a tie), last.keras,
-            history.csv, curves.png, metrics.json and the resumable backup/.
-        seed: int, seeds initialization, shuffling and augmentation.
+            epoch on a tie), last.keras, history.csv, curves.png, metrics.json and the
+            resumable backup/.
+        seed: int, seeds initialization, batch order and augmentation.
         verbose: Keras's fit verbosity ("auto" shows the progress bar).
         model_overrides: dict of constructor arguments for a registered name.
         extra_callbacks: more `keras.callbacks.Callback`s.
-        ema_momentum: None, or a float in (0, 1): validate, checkpoint and keep an
-            exponential moving average of the weights (see `compile_for_training`).
+        ema_momentum: None (the recipe's), False (off), or a float in (0, 1): validate,
+            checkpoint and keep an exponential moving average of the weights.
+        pipeline: "device" holds the images on the accelerator and samples and augments
+            each batch inside the compiled step (`keras_vitmix.device_pipeline`; no
+            TensorFlow needed); "tf.data" streams batches from storage; "auto" picks
+            "device" when the training images fit the device
+            (`device_pipeline.MEMORY_FRACTION` of its memory) and no `distribute`, else
+            "tf.data".
+        recipe: None (chosen from the data), or a name of `keras_vitmix.recipes.RECIPES`.
+        drop_path_rate: stochastic depth for registered names whose family takes it.
+        test_time_flip: whether validation and the final evaluation average each
+            image's prediction with its mirror's (only where flips keep labels).
+        validation_fraction: float in (0, 1): the part held out of a folder, a TFDS
+            dataset or arrays without a validation split.
 
     Returns:
         The metrics dict written to metrics.json.
     """
-    from keras_vitmix import datasets
+    from keras_vitmix import recipes
 
-    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+    if isinstance(epochs, bool) or (epochs is not None and (not isinstance(epochs, int) or epochs < 1)):
         raise ValueError(f"`epochs` must be an integer >= 1. Received: epochs={epochs!r}")
+    if pipeline not in PIPELINES:
+        raise ValueError(f"`pipeline` must be one of {PIPELINES}. Received: pipeline={pipeline!r}")
+    if recipe is not None and recipe not in recipes.RECIPES:
+        recipes.get_recipe(recipe)  # the ValueError naming it, with close names
+    if augment is not None:
+        from keras_vitmix.augmentation import policy_name
+
+        policy_name(augment)  # an unknown name fails before any data is read
     os.makedirs(output_dir, exist_ok=True)
     keras.utils.set_random_seed(seed)
     if isinstance(model, str) and model.endswith(".keras"):
         model = saving.load_model(model, compile=False)
-    size = datasets.as_image_size(image_size) or _model_image_size(model)
-    load = dict(image_size=size, batch_size=batch_size, seed=seed)
-    # One batch shape: XLA compiles one training step, not a second for the last batch.
-    train_ds, info = datasets.load(dataset, "train", augment=augment, drop_remainder=True, **load)
-    val_ds, _ = datasets.load(dataset, "validation", **load)
-    test_ds, test_info = datasets.load(dataset, "test", **load)
+    data = _TrainingData(dataset, image_size, model, seed, validation_fraction, pipeline, distribute)
+    info = data.info
+    chosen = recipes.get_recipe(recipe or recipes.choose_recipe(info.num_examples, info.image_shape), _family(model))
+    given = dict(
+        epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, weight_decay=weight_decay,
+        warmup_epochs=warmup_epochs, label_smoothing=label_smoothing, augment=augment,
+        drop_path_rate=drop_path_rate, ema_momentum=ema_momentum, test_time_flip=test_time_flip, clipnorm=clipnorm,
+    )
+    run = {**chosen.as_dict(), **{k: v for k, v in given.items() if v is not None}}
+    run["ema_momentum"] = run["ema_momentum"] or None  # False: off
+    run["augment"] = _policy(run["augment"])
+    run["test_time_flip"] = bool(run["test_time_flip"]) and info.flip_invariant
+    if isinstance(run["batch_size"], bool) or not isinstance(run["batch_size"], int) or run["batch_size"] < 1:
+        raise ValueError(f"`batch_size` must be an integer >= 1. Received: batch_size={run['batch_size']!r}")
+    batches = data.training_batches(run["batch_size"], run["augment"], seed)
+    steps = len(batches) if data.pipeline == "device" else max(1, info.num_examples // run["batch_size"])
     previous_policy = keras.config.dtype_policy()
     if mixed_precision:
         keras.config.set_dtype_policy("mixed_bfloat16")
     try:
         with distribution_scope(distribute):
-            net = _build(model, size, info.num_classes, model_overrides)
-            steps = max(1, info.num_examples // batch_size)  # the partial batch is dropped
+            net = _build(model, data.size, info.num_classes, model_overrides, run["drop_path_rate"])
             compile_for_training(
-                net, epochs * steps, learning_rate, weight_decay, warmup_epochs * steps,
-                label_smoothing, jit_compile=jit_compile, ema_momentum=ema_momentum,
+                net, run["epochs"] * steps, run["learning_rate"], run["weight_decay"], run["warmup_epochs"] * steps,
+                run["label_smoothing"], clipnorm=run["clipnorm"], jit_compile=jit_compile,
+                ema_momentum=run["ema_momentum"],
             )
+            trainer = data.trainer(net, run, seed, jit_compile)
         resuming = os.path.isdir(os.path.join(output_dir, "backup"))
         if not resuming and os.path.exists(os.path.join(output_dir, "history.csv")):
             os.remove(os.path.join(output_dir, "history.csv"))  # a fresh run: no stale rows
-        run_callbacks = callbacks(output_dir, extra_callbacks, ema=ema_momentum is not None)
+        run_callbacks = callbacks(output_dir, (*data.callbacks(batches), *extra_callbacks), ema=run["ema_momentum"] is not None)
         start = time.perf_counter()
-        net.fit(
-            train_ds, validation_data=val_ds, epochs=epochs, callbacks=run_callbacks, verbose=verbose, shuffle=False
+        trainer.fit(
+            batches, validation_data=data.validation(run["batch_size"]), epochs=run["epochs"],
+            callbacks=run_callbacks, verbose=verbose, shuffle=False,
         )
         wall = time.perf_counter() - start
         best = saving.load_model(os.path.join(output_dir, "model.keras"))
-        scores = best.evaluate(test_ds, return_dict=True, verbose=0)
+        scores = data.score(best, run["batch_size"], run["test_time_flip"], run["label_smoothing"])
     finally:
         keras.config.set_dtype_policy(previous_policy)
         if distribute and keras.backend.backend() == "jax":
             keras.distribution.set_distribution(None)
     times = next(c for c in run_callbacks if isinstance(c, EpochTimer)).times
-    seen = min(info.num_examples, steps * batch_size)  # training images per epoch
-    metrics = _run_metrics(net, info, test_info, scores, times, wall, resuming, size, batch_size, epochs, seen)
+    seen = min(info.num_examples, steps * run["batch_size"])  # training images per epoch
+    metrics = _run_metrics(
+        net, info, data.test_info, scores, times, wall, resuming, data.size, run["batch_size"], run["epochs"], seen
+    )
+    metrics.update(
+        pipeline=data.pipeline, recipe=chosen.name, mixed_precision=bool(mixed_precision),
+        **{k: run[k] for k in ("learning_rate", "weight_decay", "warmup_epochs", "label_smoothing", "augment",
+                               "drop_path_rate", "ema_momentum", "test_time_flip", "clipnorm")},
+    )
     write_json(os.path.join(output_dir, "metrics.json"), metrics)
     print(
         f"{metrics['model']} on {info.name}: test accuracy {metrics['test_accuracy']:.2%} "
-        f"({test_info.num_examples} images), {metrics['parameters']:,} parameters, {epochs} epochs, "
+        f"({data.test_info.num_examples} images), {metrics['parameters']:,} parameters, {run['epochs']} epochs, "
         f"{metrics['seconds_per_epoch']:.1f} s/epoch, {metrics['images_per_second'] or 0:.0f} images/s "
-        f"-> {output_dir}"
+        f"({data.pipeline} pipeline, recipe {chosen.name!r}) -> {output_dir}"
     )
     return metrics
+
+
+def _policy(augment):
+    from keras_vitmix.augmentation import policy_name
+
+    return policy_name(augment)
+
+
+def _family(model):
+    """What `keras_vitmix.recipes.get_recipe` takes for `model`: its class, or a
+    registered name's family."""
+    if isinstance(model, keras.Model):
+        return model
+    from keras_vitmix.applications import model_info
+
+    try:
+        return model_info(model)["family"]
+    except (KeyError, ValueError):
+        return "default"
+
+
+class _TrainingData:
+    """The splits of a run and how they reach the model, for either pipeline.
+
+    The device pipeline reads every split into memory (`datasets.load_arrays`, or the
+    arrays given) and trains a `device_pipeline.DeviceTrainer`; tf.data streams them
+    (`datasets.load`) into the model itself.
+    """
+
+    def __init__(self, dataset, image_size, model, seed, validation_fraction, pipeline, distribute):
+        from keras_vitmix import datasets
+
+        self.seed = seed
+        in_memory = isinstance(dataset, (tuple, list, dict))
+        if in_memory:
+            self.splits, self.info, self.test_info = _array_splits(dataset, seed, validation_fraction)
+            self.size = self.info.image_shape[:2]
+            wanted = datasets.as_image_size(image_size) or _model_image_size(model)
+            if tuple(wanted) != tuple(self.size):
+                raise ValueError(
+                    f"The images are {self.size[0]}x{self.size[1]} and the model takes {wanted[0]}x{wanted[1]}: "
+                    "resize the arrays, or build the model for their size. "
+                    f"Received: images of shape {self.splits['train'][0].shape}"
+                )
+            if pipeline == "tf.data":
+                raise ValueError(
+                    "In-memory arrays train through the device pipeline. Received: pipeline='tf.data' with arrays "
+                    "(wrap them in a tf.data.Dataset and call model.fit for a tf.data pipeline of your own)"
+                )
+        if not in_memory:
+            self.size = datasets.as_image_size(image_size) or _model_image_size(model)
+        self.pipeline = "device" if in_memory else _choose_pipeline(pipeline, dataset, self.size, distribute, validation_fraction)
+        if self.pipeline == "device" and distribute not in (None, "none"):
+            raise ValueError(
+                "The device pipeline trains on one device. Received: pipeline='device' with "
+                f"distribute={distribute!r}; use pipeline='tf.data' for data parallelism."
+            )
+        if in_memory:
+            return
+        load = dict(image_size=self.size, seed=seed, validation_fraction=validation_fraction)
+        if self.pipeline == "device":
+            from keras_vitmix import device_pipeline
+
+            self.splits, infos = {}, {}
+            for split in datasets.SPLITS:
+                images, labels, infos[split] = datasets.load_arrays(dataset, split, **load)
+                self.splits[split] = (images, labels)
+                if split == "train":
+                    device_pipeline.check_fits(images.nbytes, f"The training images of {infos[split].name}")
+            self.info, self.test_info = infos["train"], infos["test"]
+        else:
+            self.dataset, self.load = dataset, load
+            _, self.info = datasets.load(dataset, "train", batch_size=1, **load)
+            _, self.test_info = datasets.load(dataset, "test", batch_size=1, **load)
+
+    def training_batches(self, batch_size, augment, seed):
+        if self.pipeline == "device":
+            from keras_vitmix.device_pipeline import IndexBatches
+
+            return IndexBatches(self.splits["train"][1], batch_size, seed)
+        from keras_vitmix import datasets
+
+        # One batch shape: XLA compiles one training step, not a second for the last batch.
+        ds, _ = datasets.load(
+            self.dataset, "train", batch_size=batch_size, augment=augment, drop_remainder=True, **self.load
+        )
+        return ds
+
+    def trainer(self, net, run, seed, jit_compile):
+        """The model `fit` runs: `net` itself, or a DeviceTrainer holding the data."""
+        if self.pipeline != "device":
+            return net
+        from keras_vitmix.device_pipeline import DeviceTrainer
+
+        images, labels = self.splits["train"]
+        trainer = DeviceTrainer(
+            net, images, labels, min(run["batch_size"], len(labels)), augment=run["augment"],
+            flip=self.info.flip_invariant, test_time_flip=run["test_time_flip"], seed=seed,
+        )
+        trainer.compile(
+            optimizer=net.optimizer, loss=net.loss, metrics=_metrics(net.output_shape[-1]), jit_compile=jit_compile
+        )
+        return trainer
+
+    def callbacks(self, batches):
+        if self.pipeline != "device":
+            return ()
+        from keras_vitmix.device_pipeline import EpochOrder
+
+        return (EpochOrder(batches),)
+
+    def validation(self, batch_size):
+        if self.pipeline == "device":
+            return self.splits["validation"]
+        from keras_vitmix import datasets
+
+        return datasets.load(self.dataset, "validation", batch_size=batch_size, **self.load)[0]
+
+    def score(self, model, batch_size, flip, label_smoothing):
+        """Loss, accuracy (and top-5) of `model` on the test split, each image's
+        prediction averaged with its mirror's when `flip`."""
+        import numpy as np
+
+        if self.pipeline == "device":
+            images, labels = self.splits["test"]
+            batches = ((images[i:i + batch_size], labels[i:i + batch_size]) for i in range(0, len(labels), batch_size))
+        else:
+            from keras_vitmix import datasets
+
+            ds, _ = datasets.load(self.dataset, "test", batch_size=batch_size, **self.load)
+            batches = ((np.asarray(x), np.asarray(y)) for x, y in ds)
+        return score_batches(model, batches, flip, label_smoothing)
+
+
+def score_batches(model, batches, flip=False, label_smoothing=0.0):
+    """{"loss", "accuracy", "top5" (more than 5 classes)} of `model` over (images, labels)
+    batches; with `flip`, each prediction is the mean of the image's and its mirror's."""
+    import numpy as np
+
+    from keras_vitmix.metrics import top1_accuracy, top5_accuracy
+
+    loss_fn = ClassificationLoss(label_smoothing=label_smoothing, reduction=None)
+    totals = {"loss": 0.0, "accuracy": 0.0, "top5": 0.0}
+    count = 0
+    for images, labels in batches:
+        images = np.asarray(images, "float32")
+        probabilities = keras.ops.convert_to_numpy(model.predict_on_batch(images))
+        if flip:
+            mirrored = keras.ops.convert_to_numpy(model.predict_on_batch(images[:, :, ::-1]))
+            probabilities = (probabilities + mirrored) / 2
+        probabilities = probabilities.astype("float32")
+        labels = np.asarray(labels)
+        totals["loss"] += float(np.sum(keras.ops.convert_to_numpy(loss_fn(labels, probabilities))))
+        totals["accuracy"] += float(np.sum(keras.ops.convert_to_numpy(top1_accuracy(labels, probabilities))))
+        if probabilities.shape[-1] > 5:
+            totals["top5"] += float(np.sum(keras.ops.convert_to_numpy(top5_accuracy(labels, probabilities))))
+        count += len(labels)
+    scores = {k: v / max(1, count) for k, v in totals.items()}
+    if model.output_shape[-1] <= 5:
+        del scores["top5"]
+    return scores
+
+
+def _metrics(num_classes):
+    metrics = [keras.metrics.MeanMetricWrapper(top1_accuracy, name="accuracy")]
+    if num_classes > 5:
+        metrics.append(keras.metrics.MeanMetricWrapper(top5_accuracy, name="top5"))
+    return metrics
+
+
+def _array_splits(dataset, seed, validation_fraction):
+    """{split: (images, labels)} and the train and test `DatasetInfo`s of in-memory arrays."""
+    from keras_vitmix import datasets
+
+    if isinstance(dataset, dict):
+        unknown = sorted(set(dataset) - set(datasets.SPLITS))
+        if "train" not in dataset or unknown:
+            raise ValueError(
+                f"A dict of arrays needs a 'train' entry and may have 'validation' and 'test'. Received keys: "
+                f"{sorted(dataset)}"
+            )
+        given = {k: _pair(v, k) for k, v in dataset.items()}
+    else:
+        given = {"train": _pair(dataset, "train")}
+    train_images, train_labels = datasets.check_arrays(*given["train"])
+    num_classes = int(train_labels.max()) + 1
+    checked = {"train": (train_images, train_labels)}
+    for split in ("validation", "test"):
+        if split in given:
+            checked[split] = datasets.check_arrays(*given[split], num_classes=num_classes, name=f"{split} images")
+    if "validation" not in checked:
+        checked["train"], checked["validation"] = datasets.split_arrays(
+            train_images, train_labels, validation_fraction, seed
+        )
+    checked.setdefault("test", checked["validation"])
+    info = datasets.array_info(*checked["train"], num_classes=num_classes)
+    test_info = datasets.array_info(*checked["test"], num_classes=num_classes, split="test")
+    return checked, info, test_info
+
+
+def _pair(value, split):
+    if not isinstance(value, (tuple, list)) or len(value) != 2:
+        raise ValueError(
+            f"In-memory data must be (images, labels) pairs. Received for {split!r}: {type(value).__name__}"
+            + (f" of length {len(value)}" if isinstance(value, (tuple, list)) else "")
+        )
+    return value
+
+
+def _choose_pipeline(pipeline, dataset, size, distribute, validation_fraction):
+    """"device" or "tf.data" for a named dataset (see `train`'s `pipeline`)."""
+    if pipeline != "auto":
+        return pipeline
+    if distribute not in (None, "none"):
+        return "tf.data"
+    try:
+        import tensorflow  # noqa: F401
+    except ImportError:
+        return "device"  # without TensorFlow there is no tf.data
+    from keras_vitmix import datasets, device_pipeline
+
+    name = os.fspath(dataset)
+    if name == "digits":
+        return "device"
+    if os.path.isdir(name):
+        paths = datasets.list_folder(name, "train", validation_fraction=validation_fraction)[0]
+        count = len(paths)
+    else:
+        _, info = datasets.load(name, "train", image_size=size, batch_size=1, validation_fraction=validation_fraction)
+        count = info.num_examples
+    height, width = size if size else datasets.read_image(paths[0]).shape[:2]
+    try:
+        device_pipeline.check_fits(count * height * width * 3)
+    except ValueError:
+        return "tf.data"
+    return "device"
 
 
 def _run_metrics(net, info, test_info, scores, times, wall, resumed, size, batch_size, epochs, seen):
@@ -290,8 +579,10 @@ def _model_image_size(model):
     return tuple(shape[:2])
 
 
-def _build(model, size, num_classes, overrides):
-    from keras_vitmix.applications import create_model
+def _build(model, size, num_classes, overrides, drop_path_rate=0.0):
+    import inspect
+
+    from keras_vitmix.applications import create_model, model_info
 
     if isinstance(model, keras.Model):
         if model.output_shape[-1] != num_classes:
@@ -307,6 +598,9 @@ def _build(model, size, num_classes, overrides):
             f"Received: classes={overrides['classes']}"
         )
     overrides.update(classes=num_classes, input_shape=(*size, 3))
+    family = model_info(model)["family"]
+    if drop_path_rate and "drop_path_rate" in inspect.signature(family).parameters:
+        overrides.setdefault("drop_path_rate", drop_path_rate)
     return create_model(model, **overrides)
 
 

@@ -46,7 +46,8 @@ class AtomicCheckpoint(keras.callbacks.Callback):
                 return
             self.best = value
         tmp = f"{self.path[:-len('.keras')]}.tmp.keras"
-        self.model.save(tmp)
+        # A DeviceTrainer (the device pipeline) holds data: the checkpoint is its network.
+        getattr(self.model, "network", self.model).save(tmp)
         os.replace(tmp, self.path)
 
 

@@ -8,7 +8,7 @@ import os
 from keras_vitmix.datasets import sources
 from keras_vitmix.datasets.info import DatasetUnavailableError, as_image_size, check_split
 
-AUGMENTS = (False, True, "light", "strong")
+AUGMENTS = (False, True, "none", "light", "medium", "strong")
 # Elements the training shuffle holds (all of a smaller split; a larger folder's file
 # list is permuted before it is read, see `sources.folder`).
 SHUFFLE_BUFFER = 20_000
@@ -37,9 +37,11 @@ def load(
         image_size: int or (height, width) to resize to; defaults to the source's size
             (32 for digits, the first image's size for a folder).
         batch_size: int >= 1.
-        augment: False; True or "light" (random crop after padding, horizontal flip
-            where the labels allow it); or "strong" (light + RandAugment + MixUp/CutMix,
-            which makes labels one-hot). Applied to the training split only.
+        augment: a policy of `keras_vitmix.augmentation.AUGMENTATIONS`: "none" (or
+            False); "light" (or True: a padded random crop per image, a horizontal flip
+            where the labels allow it); "medium" (light + RandAugment + random erasing);
+            "strong" (medium + MixUp or CutMix, which makes labels one-hot). Applied to
+            the training split only.
         shuffle: whether to shuffle; defaults to True for the training split only. A
             folder's file list is then also permuted before it is read (folders
             list their images class by class).
@@ -118,9 +120,8 @@ def _batches(ds, info, batch_size, augment, shuffle, seed, drop_remainder=False)
         ds = ds.shuffle(min(info.num_examples, SHUFFLE_BUFFER), seed=seed, reshuffle_each_iteration=True)
     ds = ds.batch(batch_size, drop_remainder=drop_remainder)
     ds = ds.map(lambda x, y: (tf.cast(x, tf.float32), y), num_parallel_calls=tf.data.AUTOTUNE)
-    if augment:
-        strength = "strong" if augment == "strong" else "light"
-        from keras_vitmix import augmentation
+    from keras_vitmix import augmentation
 
-        ds = ds.map(augmentation.augmenter(info, strength, seed), num_parallel_calls=tf.data.AUTOTUNE)
+    if augmentation.policy_name(augment) != "none":
+        ds = ds.map(augmentation.augmenter(info, augment, seed), num_parallel_calls=tf.data.AUTOTUNE)
     return ds.prefetch(tf.data.AUTOTUNE)
