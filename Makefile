@@ -60,11 +60,12 @@ test-keras-floor: $(STAMP) $(FLOOR_STAMP)
 	    $(FLOOR_TESTS) $(PYTEST_ARGS) || status=1; \
 	done; exit $$status
 
-# The main job: train HybridMixerViT on the embedded digits (no network), then write its
-# attention maps and export it (SavedModel, ONNX). Leaves everything in runs/demo/.
+# The main job: train HybridMixerViT on the embedded digits (no network) with train's
+# defaults (the "small" recipe, the device pipeline), then write its attention maps and
+# export it (SavedModel, ONNX). Leaves everything in runs/demo/.
 demo: $(STAMP)
 	$(VENV)/bin/keras-vitmix --backend $(DEMO_BACKEND) train --model hybrid_mixer_vit_cifar_patch4_32 \
-	  --dataset digits --epochs 15 --batch-size 64 --learning-rate 2e-3 --output $(DEMO)
+	  --dataset digits --output $(DEMO)
 	$(VENV)/bin/keras-vitmix --backend $(DEMO_BACKEND) visualize --model $(DEMO)/model.keras \
 	  --output $(DEMO)/attention --animate
 	$(VENV)/bin/keras-vitmix --backend $(DEMO_BACKEND) export --model $(DEMO)/model.keras \

@@ -12,6 +12,7 @@ import os
 import sys
 
 BACKENDS = ("tensorflow", "jax", "torch")
+PIPELINES = ("auto", "device", "tf.data")
 
 
 def _parser():
@@ -55,24 +56,43 @@ def _parser():
 
 
 def _add_train(add):
-    train = add("train", help="train a model with the recipe; writes a run folder")
+    # The choices come from `keras_vitmix.recipes`, which imports only the standard
+    # library; PIPELINES is training.PIPELINES, kept here so parsing starts no training
+    # code (a test keeps the two equal).
+    from keras_vitmix.recipes import AUGMENTATIONS, RECIPES
+
+    recipe = " (default: the recipe's)"
+    train = add("train", help="train a model with a recipe; writes a run folder")
     train.add_argument("--model", default="hybrid_mixer_vit_cifar_patch4_32", help="registered name or .keras path")
     train.add_argument("--dataset", default="digits", help="'digits', a TFDS name, or a train/<class>/ folder")
-    train.add_argument("--epochs", type=int, default=10)
-    train.add_argument("--batch-size", type=int, default=128)
+    train.add_argument("--recipe", choices=RECIPES, default=None,
+                       help="training recipe, docs/recipes.md (default: chosen from the dataset's size)")
+    train.add_argument("--pipeline", choices=PIPELINES, default="auto",
+                       help="device: images held on the accelerator; tf.data: streamed (default: auto, "
+                            "device when the training images fit)")
+    train.add_argument("--epochs", type=int, default=None, help="epochs" + recipe)
+    train.add_argument("--batch-size", type=int, default=None, help="batch size" + recipe)
     train.add_argument("--image-size", type=int, default=None, help="default: the model's input size")
-    train.add_argument("--learning-rate", type=float, default=1e-3)
-    train.add_argument("--weight-decay", type=float, default=0.05)
-    train.add_argument("--warmup-epochs", type=int, default=1)
-    train.add_argument("--label-smoothing", type=float, default=0.1)
-    train.add_argument("--augment", choices=("none", "light", "strong"), default="light")
+    train.add_argument("--learning-rate", type=float, default=None, help="AdamW's peak learning rate" + recipe)
+    train.add_argument("--weight-decay", type=float, default=None, help="AdamW's weight decay" + recipe)
+    train.add_argument("--warmup-epochs", type=int, default=None, help="linear warmup epochs" + recipe)
+    train.add_argument("--label-smoothing", type=float, default=None, help="label smoothing" + recipe)
+    train.add_argument("--augment", choices=AUGMENTATIONS, default=None, help="augmentation policy" + recipe)
+    train.add_argument("--drop-path-rate", type=float, default=None, help="stochastic depth" + recipe)
+    train.add_argument("--test-time-flip", action=argparse.BooleanOptionalAction, default=None,
+                       help="average each test image's prediction with its mirror's, where flips keep labels"
+                            + recipe)
+    train.add_argument("--clipnorm", type=float, default=None,
+                       help="clip the global gradient norm to it; 0: off" + recipe)
+    train.add_argument("--ema", type=float, default=None, metavar="MOMENTUM",
+                       help="validate and keep an exponential moving average of the weights, e.g. 0.999; "
+                            "0: off (default: the recipe's)")
     train.add_argument("--mixed-precision", action="store_true", help="train under mixed_bfloat16")
     train.add_argument("--xla", choices=("auto", "on", "off"), default="auto", help="XLA (tensorflow, jax)")
-    train.add_argument("--distribute", choices=("none", "data_parallel"), default="none")
+    train.add_argument("--distribute", choices=("none", "data_parallel"), default="none",
+                       help="data_parallel: tf.data pipeline only")
     train.add_argument("--output", default="runs/train", help="run folder")
     train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--ema", type=float, default=None, metavar="MOMENTUM",
-                       help="validate and keep an exponential moving average of the weights, e.g. 0.999")
 
 
 def _train(args):
@@ -81,6 +101,8 @@ def _train(args):
     training.train(
         model=args.model,
         dataset=args.dataset,
+        recipe=args.recipe,
+        pipeline=args.pipeline,
         epochs=args.epochs,
         batch_size=args.batch_size,
         image_size=args.image_size,
@@ -88,13 +110,16 @@ def _train(args):
         weight_decay=args.weight_decay,
         warmup_epochs=args.warmup_epochs,
         label_smoothing=args.label_smoothing,
-        augment={"none": False, "light": "light", "strong": "strong"}[args.augment],
+        augment=args.augment,
+        drop_path_rate=args.drop_path_rate,
+        test_time_flip=args.test_time_flip,
+        clipnorm=args.clipnorm,
+        ema_momentum=False if args.ema == 0 else args.ema,
         mixed_precision=args.mixed_precision,
         jit_compile={"auto": "auto", "on": True, "off": False}[args.xla],
         distribute=None if args.distribute == "none" else args.distribute,
         output_dir=args.output,
         seed=args.seed,
-        ema_momentum=args.ema,
     )
     return 0
 

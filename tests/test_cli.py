@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import keras_vitmix_cli
-from keras_vitmix import cli, config
+from keras_vitmix import augmentation, cli, config, recipes, training
 from keras_vitmix.applications import ViT
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -21,13 +21,14 @@ START_UP = re.compile(r"absl::InitializeLog|^[IWEF]\d{4} .*\] |oneDNN|cudart|cpu
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    """A tiny ViT trained one epoch on digits through `keras-vitmix train`."""
+    """A tiny ViT trained one epoch on digits through `keras-vitmix train`, on the device
+    pipeline; the rest of the recipe's values stay its own."""
     folder = tmp_path_factory.mktemp("cli")
     tiny = ViT(patch_size=4, hidden_dim=32, num_layers=1, num_heads=2, input_shape=(16, 16, 3), classes=10)
     tiny.save(folder / "tiny.keras")
     code = cli.main([
-        "train", "--model", str(folder / "tiny.keras"), "--dataset", "digits", "--epochs", "1",
-        "--batch-size", "128", "--augment", "none", "--output", str(folder / "run"),
+        "train", "--model", str(folder / "tiny.keras"), "--dataset", "digits", "--pipeline", "device",
+        "--epochs", "1", "--batch-size", "128", "--augment", "none", "--output", str(folder / "run"),
     ])
     assert code == 0
     return folder / "run"
@@ -50,6 +51,37 @@ def test_train_writes_the_run_folder(run):
     assert metrics["epochs"] == 1 and metrics["test_examples"] == 360
     assert 0.0 <= metrics["test_accuracy"] <= 1.0 and metrics["images_per_second"] > 0
     assert metrics["parameters"] == keras.saving.load_model(run / "model.keras").count_params()
+    assert metrics["pipeline"] == "device" and metrics["recipe"] == "small"
+    small = recipes.get_recipe("small", ViT)
+    assert metrics["learning_rate"] == small.learning_rate and metrics["augment"] == "none"
+    assert metrics["test_time_flip"] is False  # the recipe's True, but flips change digits
+
+
+def test_train_options_default_to_the_recipe(monkeypatch):
+    received = []
+    monkeypatch.setattr(training, "train", lambda **kwargs: received.append(kwargs))
+    assert cli.main(["train"]) == 0
+    from_recipe = ("epochs", "batch_size", "learning_rate", "weight_decay", "warmup_epochs", "label_smoothing",
+                   "augment", "drop_path_rate", "test_time_flip", "clipnorm", "ema_momentum", "recipe")
+    assert all(received[0][name] is None for name in from_recipe) and received[0]["pipeline"] == "auto"
+    assert cli.main(["train", "--recipe", "cifar", "--pipeline", "tf.data", "--augment", "medium",
+                     "--no-test-time-flip", "--drop-path-rate", "0.2", "--clipnorm", "0", "--ema", "0"]) == 0
+    assert {k: received[1][k] for k in ("recipe", "pipeline", "augment", "test_time_flip", "drop_path_rate",
+                                         "clipnorm", "ema_momentum")} == {
+        "recipe": "cifar", "pipeline": "tf.data", "augment": "medium", "test_time_flip": False,
+        "drop_path_rate": 0.2, "clipnorm": 0.0, "ema_momentum": False,
+    }
+    assert cli.PIPELINES == training.PIPELINES and recipes.AUGMENTATIONS == augmentation.AUGMENTATIONS
+
+
+@pytest.mark.parametrize("option", ["--pipeline", "--recipe", "--augment"])
+def test_a_bad_choice_is_argparse_s_one_line(option, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["train", option, "x"])
+    assert exit_.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert error[-1].startswith(f"keras-vitmix train: error: argument {option}: invalid choice: 'x'")
+    assert "Traceback" not in "".join(error)
 
 
 def test_evaluate_agrees_with_training(run, capsys):
