@@ -1,27 +1,29 @@
 """Accuracy of every family's CIFAR-size configuration on CIFAR-10, for a given budget.
 
-Trains on the CIFAR-10 training JPEGs of ../shared/data (extracted once to a cache
-folder), holding out a seeded 10% of each class as the validation split that is
-reported, and writes a table (accuracy, parameters, epochs, wall time, the command) in
-place of the accuracy section of benchmarks/RESULTS.md (`--results` names another file).
-`--per-class` trains on a subset for a CPU budget. The script owns its process and opts
-in to keras_vitmix's allocator tuning (`keras_vitmix.config.tune_malloc()`).
+Trains each model with `keras_vitmix.training.train` on the CIFAR-10 training JPEGs of
+../shared/data (extracted once to a cache folder), holding out a seeded 10% of each
+class as the validation split that is reported, and writes a table (accuracy,
+parameters, recipe, epochs, wall time, the command) in place of the accuracy section of
+benchmarks/RESULTS.md (`--results` names another file). The script has no data pipeline
+or augmentation of its own: every training argument left unset takes the `--recipe`'s
+value for the model's family (keras_vitmix.recipes, docs/recipes.md), and the pipeline is
+`train`'s. `--per-class` trains on a subset for a CPU budget. The script owns its
+process and opts in to keras_vitmix's allocator tuning (`keras_vitmix.config.tune_malloc()`).
 
-`--pipeline numpy` feeds `model.fit` from NumPy instead of tf.data, for machines without
-TensorFlow (a JAX or PyTorch GPU box): the JPEGs are decoded once with Pillow (cached),
-the split is `keras_vitmix.datasets.list_folder`'s (the same files as the tf.data path),
-and a `keras.utils.PyDataset` applies the same "light" augmentation (zero padding by an
-eighth of the side, a random crop back, a horizontal flip).
+`--pipeline device` (the default) needs no TensorFlow: the JPEGs are decoded once with
+Pillow (`keras_vitmix.datasets.load_arrays`, cached under `--cache`), held on the
+accelerator, and each batch is sampled and augmented inside the compiled step. The
+script splits the arrays itself, with seed 0, so `--seed` re-draws initialization,
+batch order and augmentation but never the validation images. `--pipeline tf.data` (or
+"auto") gives `train` the folder, whose hold-out is drawn with `--seed`: compare
+seeds there only at `--seed 0` or knowing the validation images differ.
 
     python benchmarks/accuracy.py --epochs 3 --per-class 500 --backend jax
-    python benchmarks/accuracy.py --backend jax --pipeline numpy --mixed-precision --epochs 30
+    python benchmarks/accuracy.py --backend jax --mixed-precision
 """
 
 import argparse
-import concurrent.futures
-import hashlib
 import json
-import multiprocessing
 import os
 import pathlib
 import shutil
@@ -29,7 +31,6 @@ import sys
 import tarfile
 import tempfile
 
-import numpy as np
 from _timing import this_machine, write_section  # benchmarks/ is the script's folder
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
@@ -49,6 +50,19 @@ SEED_RESULTS = {
     "seed_convmixer": 0.4936,
     "seed_convmixer_mixer": 0.5191,
 }
+# The flags that default to the recipe (None), by `train`'s argument names.
+TRAINING_FLAGS = (
+    "epochs", "batch_size", "learning_rate", "weight_decay", "warmup_epochs", "label_smoothing", "augment",
+    "drop_path_rate", "ema_momentum",
+)
+# The resolved values the second table shows, from each run's metrics.json.
+RECIPE_COLUMNS = {
+    "batch_size": "batch", "learning_rate": "learning rate", "weight_decay": "weight decay",
+    "warmup_epochs": "warmup epochs", "label_smoothing": "label smoothing", "augment": "augment",
+    "drop_path_rate": "drop path", "ema_momentum": "EMA", "test_time_flip": "test-time flip", "clipnorm": "clip norm",
+}
+SPLIT_SEED = 0  # the device pipeline's validation hold-out, whatever --seed
+VALIDATION_FRACTION = 0.1
 
 
 def extract(archive, cache):
@@ -95,114 +109,6 @@ def subset(folder, per_class, cache):
     return target
 
 
-def _decode(job):
-    from PIL import Image
-
-    path, size = job
-    with Image.open(path) as image:
-        image = image.convert("RGB")
-        if image.size != (size[1], size[0]):
-            image = image.resize((size[1], size[0]), Image.BILINEAR)
-        return np.asarray(image, np.uint8)
-
-
-def decode_split(folder, split, size, cache, seed=0):
-    """A folder split as uint8 arrays (N, H, W, 3) and int32 labels, decoded once with
-    Pillow in worker processes and cached as .npz."""
-    from keras_vitmix import datasets
-
-    paths, labels, classes, note = datasets.list_folder(folder, split, seed=seed)
-    key = hashlib.sha1(f"{folder}|{split}|{seed}|{size}|{len(paths)}|{paths[0]}|{paths[-1]}".encode()).hexdigest()[:16]
-    target = pathlib.Path(cache) / f"arrays-{split}-{key}.npz"
-    if target.exists():
-        with np.load(target) as data:
-            return data["images"], data["labels"], classes, note
-    # spawn, not fork: the process may already run JAX's or PyTorch's threads
-    with concurrent.futures.ProcessPoolExecutor(mp_context=multiprocessing.get_context("spawn")) as pool:
-        images = np.stack(list(pool.map(_decode, [(p, size) for p in paths], chunksize=256)))
-    labels = np.asarray(labels, np.int32)
-    tmp = target.with_suffix(".tmp.npz")
-    np.savez(tmp, images=images, labels=labels)
-    os.replace(tmp, target)
-    return images, labels, classes, note
-
-
-def light_augment(images, rng, flip=True):
-    """Zero-pad by an eighth of the side, crop back at a random offset, flip half: the
-    tf.data pipeline's "light" augmentation, vectorized over a uint8 batch."""
-    batch, height, width, _ = images.shape
-    pad = max(1, height // 8)
-    padded = np.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
-    rows = rng.integers(0, 2 * pad + 1, batch)[:, None] + np.arange(height)
-    cols = rng.integers(0, 2 * pad + 1, batch)[:, None] + np.arange(width)
-    out = padded[np.arange(batch)[:, None, None], rows[:, :, None], cols[:, None, :]]
-    if flip:
-        flipped = rng.random(batch) < 0.5
-        out[flipped] = out[flipped, :, ::-1]
-    return out
-
-
-def mix(images, labels, num_classes, rng):
-    """MixUp (Beta(0.2, 0.2) weights, as `keras.layers.MixUp`) or CutMix (a box of a
-    Beta(1, 1) share of the area, as `keras.layers.CutMix`), one of the two per batch,
-    each image with a partner from the same batch; labels become mixed one-hot rows."""
-    batch, height, width, _ = images.shape
-    images = images.astype(np.float32)
-    one_hot = np.eye(num_classes, dtype=np.float32)[labels]
-    partner = rng.permutation(batch)
-    if rng.random() < 0.5:
-        lam = rng.beta(0.2, 0.2, batch).astype(np.float32)
-        images = lam[:, None, None, None] * images + (1 - lam[:, None, None, None]) * images[partner]
-    else:
-        lam = rng.beta(1.0, 1.0, batch)
-        box_h = np.round(height * np.sqrt(1 - lam)).astype(int)
-        box_w = np.round(width * np.sqrt(1 - lam)).astype(int)
-        top = rng.integers(0, height - box_h + 1)
-        left = rng.integers(0, width - box_w + 1)
-        rows, cols = np.arange(height), np.arange(width)
-        inside = (
-            ((rows[None, :] >= top[:, None]) & (rows[None, :] < (top + box_h)[:, None]))[:, :, None]
-            & ((cols[None, :] >= left[:, None]) & (cols[None, :] < (left + box_w)[:, None]))[:, None, :]
-        )
-        images = np.where(inside[..., None], images[partner], images)
-        lam = (1 - inside.mean(axis=(1, 2))).astype(np.float32)  # the share each image kept
-    return images, lam[:, None] * one_hot + (1 - lam[:, None]) * one_hot[partner]
-
-
-def numpy_batches(images, labels, batch_size, augment, seed, num_classes=None):
-    """A `keras.utils.PyDataset` of (float32 images, labels), reshuffled each epoch.
-    `augment`: False, "light" (`light_augment`) or "strong" (light, then `mix`)."""
-    import keras
-
-    class Batches(keras.utils.PyDataset):
-        def __init__(self):
-            super().__init__(workers=4, use_multiprocessing=False)
-            self.epoch = 0
-            self.rng = np.random.default_rng(seed)
-            self.order = self.rng.permutation(len(labels)) if augment else np.arange(len(labels))
-
-        def __len__(self):
-            return -(-len(labels) // batch_size)
-
-        def __getitem__(self, index):
-            chosen = np.sort(self.order[index * batch_size:(index + 1) * batch_size])
-            batch = images[chosen]
-            if not augment:
-                return batch.astype(np.float32), labels[chosen]
-            rng = np.random.default_rng([seed, self.epoch, index])
-            batch = light_augment(batch, rng)
-            if augment == "strong":
-                return mix(batch, labels[chosen], num_classes, rng)
-            return batch.astype(np.float32), labels[chosen]
-
-        def on_epoch_end(self):
-            self.epoch += 1
-            if augment:
-                self.order = self.rng.permutation(len(labels))
-
-    return Batches()
-
-
 def input_size(name, image_size=None):
     """(height, width) that `name` is trained at: `image_size` if given, else its registered input."""
     if image_size:
@@ -210,58 +116,6 @@ def input_size(name, image_size=None):
     from keras_vitmix.applications import model_info
 
     return tuple(model_info(name)["config"].get("input_shape", (32, 32, 3))[:2])
-
-
-def train_numpy(name, folder, cache, epochs, batch_size, learning_rate, weight_decay, mixed_precision,
-                jit_compile, output_dir, seed=0, warmup_epochs=1, augment="light", overrides=None, image_size=None,
-                label_smoothing=0.1):
-    """`training.train`'s recipe, callbacks and metrics.json, fed by `numpy_batches`."""
-    import time
-
-    import keras
-
-    from keras_vitmix import datasets, training
-    from keras_vitmix.training_callbacks import EpochTimer, callbacks
-
-    os.makedirs(output_dir, exist_ok=True)
-    keras.utils.set_random_seed(seed)
-    size = input_size(name, image_size)
-    # The validation split stays the same whatever `seed` (initialization, order, augmentation).
-    train_x, train_y, classes, train_note = decode_split(folder, "train", size, cache)
-    val_x, val_y, _, val_note = decode_split(folder, "validation", size, cache)
-    info = datasets.DatasetInfo(str(folder), "train", classes, len(classes), len(train_y), (*size, 3), "folder", train_note)
-    val_info = datasets.DatasetInfo(str(folder), "validation", classes, len(classes), len(val_y), (*size, 3), "folder", val_note)
-    previous = keras.config.dtype_policy()
-    if mixed_precision:
-        keras.config.set_dtype_policy("mixed_bfloat16")
-    try:
-        net = training._build(name, size, len(classes), overrides)
-        steps = -(-len(train_y) // batch_size)
-        training.compile_for_training(
-            net, epochs * steps, learning_rate, weight_decay, warmup_epochs * steps,
-            label_smoothing=label_smoothing, jit_compile=jit_compile,
-        )
-        resuming = os.path.isdir(os.path.join(output_dir, "backup"))
-        run_callbacks = callbacks(output_dir)
-        start = time.perf_counter()
-        net.fit(
-            numpy_batches(train_x, train_y, batch_size, augment, seed, len(classes)), epochs=epochs,
-            callbacks=run_callbacks,
-            validation_data=numpy_batches(val_x, val_y, 500, False, 0), verbose=2,
-        )
-        wall = time.perf_counter() - start
-        best = keras.saving.load_model(os.path.join(output_dir, "model.keras"))
-        scores = best.evaluate(numpy_batches(val_x, val_y, 500, False, 0), return_dict=True, verbose=0)
-    finally:
-        keras.config.set_dtype_policy(previous)
-    times = next(c for c in run_callbacks if isinstance(c, EpochTimer)).times
-    metrics = training._run_metrics(
-        net, info, val_info, scores, times, wall, resuming, size, batch_size, epochs, seen=len(train_y)
-    )
-    metrics.update(pipeline="numpy", mixed_precision=bool(mixed_precision), learning_rate=learning_rate, augment=augment)
-    training.write_json(os.path.join(output_dir, "metrics.json"), metrics)
-    print(f"{name}: validation accuracy {metrics['test_accuracy']:.2%}, {metrics['seconds_per_epoch']:.1f} s/epoch")
-    return metrics
 
 
 def device_name():
@@ -289,103 +143,161 @@ def device_name():
     return this_machine()
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def split_arrays(folder, size, cache):
+    """{"train", "validation"}: (uint8 images, int32 labels) of the folder at `size`,
+    decoded once and cached (`keras_vitmix.datasets.load_arrays`), held out with
+    `SPLIT_SEED`."""
+    from keras_vitmix import datasets
+
+    load = dict(image_size=size, seed=SPLIT_SEED, validation_fraction=VALIDATION_FRACTION, cache_dir=cache)
+    return {split: datasets.load_arrays(str(folder), split, **load)[:2] for split in ("train", "validation")}
+
+
+def parse_arguments(argv=None):
+    """The flags, after `--backend` has been applied (the choices import keras_vitmix)."""
+    first = argparse.ArgumentParser(add_help=False)
+    first.add_argument("--backend", default=None, choices=("tensorflow", "jax", "torch"))
+    backend = first.parse_known_args(argv)[0].backend
+    if backend:
+        os.environ["KERAS_BACKEND"] = backend
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    from keras_vitmix.augmentation import AUGMENTATIONS
+    from keras_vitmix.recipes import RECIPES
+    from keras_vitmix.training import PIPELINES
+
+    recipe = " (default: the recipe's, per family)"
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], parents=[first])
     parser.add_argument("--archive", default=str(DEFAULT_ARCHIVE))
     parser.add_argument("--models", default=",".join(MODELS), help="comma-separated registered names")
-    parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--per-class", type=int, default=0, help="images per class (0: all 5,000)")
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--learning-rate", type=float, default=2e-3)
-    parser.add_argument("--weight-decay", type=float, default=0.05)
-    parser.add_argument("--warmup-epochs", type=int, default=1)
-    parser.add_argument("--label-smoothing", type=float, default=0.1)
-    parser.add_argument("--pipeline", default="tf.data", choices=("tf.data", "numpy"),
-                        help="numpy: no TensorFlow needed (see the module docstring)")
+    parser.add_argument("--recipe", default="cifar", choices=RECIPES, help="keras_vitmix.recipes' table")
+    parser.add_argument("--epochs", type=int, help="epochs" + recipe)
+    parser.add_argument("--batch-size", type=int, help="batch size" + recipe)
+    parser.add_argument("--learning-rate", type=float, help="AdamW's peak learning rate" + recipe)
+    parser.add_argument("--weight-decay", type=float, help="AdamW's weight decay" + recipe)
+    parser.add_argument("--warmup-epochs", type=int, help="linear warmup" + recipe)
+    parser.add_argument("--label-smoothing", type=float, help="label smoothing" + recipe)
+    parser.add_argument("--augment", choices=AUGMENTATIONS, help="augmentation policy" + recipe)
+    parser.add_argument("--drop-path-rate", type=float, help="stochastic depth" + recipe)
+    parser.add_argument("--ema", dest="ema_momentum", type=float,
+                        help="momentum of an exponential moving average of the weights, 0: off" + recipe)
+    parser.add_argument("--pipeline", default="device", choices=PIPELINES,
+                        help="device: no TensorFlow needed, validation split fixed (see the module docstring)")
     parser.add_argument("--mixed-precision", action="store_true", help="the mixed_bfloat16 policy")
     parser.add_argument("--jit-compile", default="auto", choices=("auto", "true", "false"))
-    parser.add_argument("--augment", default="light", choices=("none", "light", "strong"),
-                        help="strong: light, then MixUp or CutMix per batch (tf.data's strong also has RandAugment)")
     parser.add_argument("--image-size", type=int, default=None,
                         help="input side in pixels (default: each model's); pair it with --overrides' patch_size")
     parser.add_argument("--overrides", type=json.loads, default=None,
                         help='JSON constructor arguments for every model, e.g. \'{"dropout_rate": 0}\'')
     parser.add_argument("--prepare", action="store_true",
-                        help="only extract the archive and decode the numpy pipeline's arrays (cached)")
-    parser.add_argument("--seed", type=int, default=0,
-                        help="seeds initialization, batch order and augmentation (numpy pipeline; the "
-                        "validation split stays the same)")
-    parser.add_argument("--backend", default=None, choices=("tensorflow", "jax", "torch"))
+                        help="only extract the archive and decode the arrays of each model's size (cached)")
+    parser.add_argument("--seed", type=int, default=0, help="seeds initialization, batch order and augmentation")
     parser.add_argument("--cache", default=os.path.expanduser("~/.cache/keras_vitmix"))
     parser.add_argument("--output", default=str(REPO / "runs" / "accuracy"))
     parser.add_argument("--results", default=str(REPO / "benchmarks" / "RESULTS.md"))
-    args = parser.parse_args(argv)
-    if args.seed and args.pipeline != "numpy":
-        parser.error(f"--seed {args.seed} needs --pipeline numpy: the tf.data pipeline's seed also re-draws the "
-                     "validation split")
-    if args.backend:
-        os.environ["KERAS_BACKEND"] = args.backend
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    return parser.parse_args(argv)
+
+
+def training_arguments(args):
+    """The training flags given on the command line, as `train` takes them; `train`
+    fills the others from the recipe."""
+    given = {flag: getattr(args, flag) for flag in TRAINING_FLAGS if getattr(args, flag) is not None}
+    if given.get("ema_momentum") == 0:
+        given["ema_momentum"] = False  # off, whatever the recipe
+    return given
+
+
+def planned(args, name):
+    """The recipe row of `name`'s family with the given flags over it: what `train` runs."""
+    from keras_vitmix import recipes
+    from keras_vitmix.applications import model_info
+
+    return {**recipes.get_recipe(args.recipe, model_info(name)["family"]).as_dict(), **training_arguments(args)}
+
+
+def train_model(name, folder, args):
+    """`keras_vitmix.training.train` on the folder (arrays split by `split_arrays` for the
+    device pipeline); returns its metrics."""
+    from keras_vitmix import training
+
+    plan = planned(args, name)
+    print(f"{name}: recipe {args.recipe!r}, " + ", ".join(f"{k} {v}" for k, v in plan.items()), flush=True)
+    dataset = str(folder)
+    if args.pipeline == "device":
+        dataset = split_arrays(folder, input_size(name, args.image_size), args.cache)
+    return training.train(
+        name, dataset, pipeline=args.pipeline, recipe=args.recipe, seed=args.seed,
+        mixed_precision=args.mixed_precision,
+        jit_compile={"auto": "auto", "true": True, "false": False}[args.jit_compile],
+        model_overrides=args.overrides, image_size=args.image_size, validation_fraction=VALIDATION_FRACTION,
+        output_dir=os.path.join(args.output, name), verbose=2, **training_arguments(args),
+    )
+
+
+def _cell(value):
+    """A resolved value as docs/recipes.md's tables write it."""
+    if value is None:
+        return "off"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def tables(rows, train_images):
+    """The accuracy table, and the table of the values each run resolved."""
+    accuracy = [
+        "| model | family | parameters | recipe | epochs | train images | validation accuracy | s/epoch | wall |",
+        "|---|---|---:|---|---:|---:|---:|---:|---:|",
+    ]
+    resolved = [
+        "| model | " + " | ".join(RECIPE_COLUMNS.values()) + " |",
+        "|---" + "|---:" * len(RECIPE_COLUMNS) + "|",
+    ]
+    for m in rows:
+        reference = SEED_RESULTS.get(m["model"])
+        note = f" (seed notebook: {reference:.2%})" if reference else ""
+        accuracy.append(
+            f"| {m['model']} | {m['family']} | {m['parameters']:,} | {m['recipe']} | {m['epochs']} | "
+            f"{train_images:,} | "
+            f"{m['test_accuracy']:.2%}{note} | {m['seconds_per_epoch']:.1f} | {m['wall_seconds'] / 60:.1f} min |"
+        )
+        resolved.append(f"| {m['model']} | " + " | ".join(_cell(m[k]) for k in RECIPE_COLUMNS) + " |")
+    return "\n".join(accuracy), "\n".join(resolved)
+
+
+def main(argv=None):
+    args = parse_arguments(argv)
     import keras
 
-    from keras_vitmix import config, training
+    from keras_vitmix import config, datasets
 
     config.tune_malloc()  # before any model runs
     cache = pathlib.Path(args.cache)
     folder = subset(extract(pathlib.Path(args.archive), cache), args.per_class, cache)
-    jit = {"auto": "auto", "true": True, "false": False}[args.jit_compile]
-    augment = False if args.augment == "none" else args.augment
+    names = args.models.split(",")
     if args.prepare:
-        sizes = {input_size(n, args.image_size) for n in args.models.split(",")}
-        for size in sorted(sizes):
-            for split in ("train", "validation"):
-                images, _, _, _ = decode_split(folder, split, size, cache)
-                print(f"{split} at {size}: {images.shape} cached in {cache}")
+        for size in sorted({input_size(n, args.image_size) for n in names}):
+            for split, (images, labels) in split_arrays(folder, size, cache).items():
+                print(f"{split} at {size}: images {images.shape}, labels {labels.shape}, cached in {cache}")
         return None
-    rows = []
-    for name in args.models.split(","):
-        output_dir = os.path.join(args.output, name)
-        if args.pipeline == "numpy":
-            metrics = train_numpy(
-                name, folder, cache, args.epochs, args.batch_size, args.learning_rate, args.weight_decay,
-                args.mixed_precision, jit, output_dir, warmup_epochs=args.warmup_epochs, augment=augment,
-                overrides=args.overrides, image_size=args.image_size, label_smoothing=args.label_smoothing,
-                seed=args.seed,
-            )
-        else:
-            metrics = training.train(
-                name, str(folder), epochs=args.epochs, batch_size=args.batch_size,
-                learning_rate=args.learning_rate, weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs,
-                augment=augment, model_overrides=args.overrides, image_size=args.image_size,
-                label_smoothing=args.label_smoothing,
-                mixed_precision=args.mixed_precision, jit_compile=jit, output_dir=output_dir, verbose=2,
-            )
-        rows.append(metrics)
-    table = [
-        "| model | family | parameters | epochs | train images | validation accuracy | s/epoch | wall |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
-    ]
-    train_images = (args.per_class or 5000) * 10 * 9 // 10
-    for m in rows:
-        reference = SEED_RESULTS.get(m["model"])
-        note = f" (seed notebook: {reference:.2%})" if reference else ""
-        table.append(
-            f"| {m['model']} | {m['family']} | {m['parameters']:,} | {m['epochs']} | {train_images:,} | "
-            f"{m['test_accuracy']:.2%}{note} | {m['seconds_per_epoch']:.0f} | {m['wall_seconds'] / 60:.1f} min |"
-        )
-    recipe = (
-        f"{keras.backend.backend()}, {args.pipeline} pipeline{', mixed_bfloat16' if args.mixed_precision else ''}, "
-        f"batch {args.batch_size}, lr {args.learning_rate:g}, weight decay {args.weight_decay:g}, warmup "
-        f"{args.warmup_epochs} epochs, {args.augment} augmentation, label smoothing {args.label_smoothing:g}"
+    rows = [train_model(name, folder, args) for name in names]
+    split_seed = SPLIT_SEED if args.pipeline == "device" else args.seed
+    train_images = len(datasets.list_folder(folder, "train", split_seed, VALIDATION_FRACTION)[0])
+    accuracy, resolved = tables(rows, train_images)
+    print(accuracy, resolved, sep="\n\n")
+    setup = (
+        f"{keras.backend.backend()}, {', '.join(sorted({m['pipeline'] for m in rows}))} pipeline"
+        f"{', mixed_bfloat16' if args.mixed_precision else ''}, recipe {args.recipe!r}, seed {args.seed}"
         + (f", {args.image_size} px" if args.image_size else "")
         + (f", model arguments {json.dumps(args.overrides)}" if args.overrides else "")
     )
-    print("\n".join(table))
     write_section(
         args.results, "Accuracy on CIFAR-10", __file__, argv if argv is not None else sys.argv[1:],
-        f"Backend and recipe: {recipe}. Validation = a seeded 10% of each class held out of the CIFAR-10 "
-        "training JPEGs (../shared/data); the CIFAR-10 test split is not used.",
-        ["\n".join(table)], machine=device_name(),
+        f"Backend and setup: {setup}. Validation = a seeded 10% of each class held out of the CIFAR-10 training JPEGs "
+        f"(../shared/data) with seed {split_seed}; the CIFAR-10 test split is not used. Each model trains with "
+        "its family's row of the recipe (keras_vitmix.recipes) under the flags given; the second table shows "
+        "the values each run used.",
+        [accuracy, resolved], machine=device_name(),
     )
     print(json.dumps([{k: m[k] for k in ("model", "test_accuracy", "parameters")} for m in rows]))
 

@@ -1,12 +1,13 @@
-"""benchmarks/accuracy.py's NumPy pipeline (for machines without TensorFlow): the light
-augmentation is a crop of the zero-padded image, maybe flipped; MixUp/CutMix labels are
-the mixed images' shares; batches cover the split once per epoch. `--image-size`
-overrides a model's input size."""
+"""benchmarks/accuracy.py trains only through `keras_vitmix.training.train`: no
+augmentation of its own, the flags default to the recipe's row for each family, a short
+run writes its RESULTS section, and the archive is extracted once, safely."""
+
+import json
 
 import numpy as np
 import pytest
 
-from tests.benchmark_utils import benchmark_script
+from tests.benchmark_utils import BENCHMARKS, benchmark_script
 
 
 @pytest.fixture(scope="module")
@@ -15,51 +16,29 @@ def script():
         yield module
 
 
-def test_light_augment_is_a_padded_crop_or_its_flip(script):
-    rng = np.random.default_rng(0)
-    images = rng.integers(0, 256, (16, 8, 8, 3)).astype(np.uint8)
-    out = script.light_augment(images, np.random.default_rng(1))
-    padded = np.pad(images, ((0, 0), (1, 1), (1, 1), (0, 0)))  # 8 px: pad 1
-    flips = 0
-    for i in range(len(images)):
-        found = [(dy, dx, f) for dy in range(3) for dx in range(3) for f in (False, True)
-                 if np.array_equal((padded[i, dy:dy + 8, dx:dx + 8, :][:, ::-1] if f else padded[i, dy:dy + 8, dx:dx + 8, :]), out[i])]
-        assert found, f"image {i} is no crop of its padded self"
-        flips += all(f for *_, f in found)
-    assert out.dtype == np.uint8 and 0 < flips < len(images)
+def test_the_script_has_no_pipeline_or_augmentation_of_its_own():
+    """Issue #28's "done when": the one pipeline is `train`'s."""
+    source = (BENCHMARKS / "accuracy.py").read_text()
+    for own in ("np.pad", "rng.beta", "light_augment", "mix(", "PyDataset", "import numpy", ".fit("):
+        assert own not in source, f"benchmarks/accuracy.py has {own!r}"
+    assert "training.train(" in source
 
 
-def test_mix_labels_are_the_kept_shares(script):
-    images = np.stack([np.full((8, 8, 3), i, np.uint8) for i in range(6)])  # image i is all i
-    labels = np.arange(6) % 3
-    kinds = set()
-    for seed in range(12):
-        mixed, soft = script.mix(images, labels, 3, np.random.default_rng(seed))
-        np.testing.assert_allclose(soft.sum(-1), 1.0, rtol=1e-6)
-        assert mixed.shape == images.shape and soft.shape == (6, 3)
-        cutmix = np.isin(mixed, np.arange(6)).all()  # whole pixels moved, none blended
-        kinds.add("cutmix" if cutmix else "mixup")
-        if cutmix:
-            for i in range(6):  # CutMix: the label weight of image i's class >= its kept pixel share
-                kept = (mixed[i] == i).mean()
-                assert soft[i, labels[i]] >= kept - 1e-6
-    assert kinds == {"cutmix", "mixup"}
+def test_training_flags_default_to_the_recipe_of_each_family(script):
+    from keras_vitmix import recipes
 
-
-def test_batches_cover_the_split_once_per_epoch(script):
-    images = np.arange(10, dtype=np.uint8)[:, None, None, None] * np.ones((1, 8, 8, 3), np.uint8)
-    labels = np.arange(10, dtype=np.int32)
-    batches = script.numpy_batches(images, labels, 4, False, seed=0)
-    assert len(batches) == 3
-    seen = np.concatenate([batches[i][1] for i in range(len(batches))])
-    np.testing.assert_array_equal(seen, labels)  # unaugmented: in order
-    shuffled = script.numpy_batches(images, labels, 4, "light", seed=0)
-    first = np.concatenate([shuffled[i][1] for i in range(3)])
-    shuffled.on_epoch_end()
-    second = np.concatenate([shuffled[i][1] for i in range(3)])
-    assert sorted(first) == sorted(second) == list(range(10)) and list(first) != list(second)
-    x, y = shuffled[0]
-    assert x.dtype == np.float32 and x.shape == (4, 8, 8, 3)
+    args = script.parse_arguments([])
+    assert args.pipeline == "device" and args.recipe == "cifar" and args.seed == 0
+    assert script.training_arguments(args) == {}  # train() takes every value from the recipe
+    convmixer, vit = script.planned(args, "convmixer_256_8"), script.planned(args, "vit_cifar_patch4_32")
+    assert convmixer == recipes.get_recipe("cifar", "ConvMixer").as_dict()
+    assert convmixer["batch_size"] == 512 and vit["batch_size"] == recipes.get_recipe("cifar", "ViT").batch_size
+    given = script.parse_arguments(["--batch-size", "64", "--augment", "light", "--ema", "0", "--recipe", "deit"])
+    assert script.training_arguments(given) == {"batch_size": 64, "augment": "light", "ema_momentum": False}
+    plan = script.planned(given, "convmixer_256_8")
+    assert plan["batch_size"] == 64 and plan["learning_rate"] == recipes.get_recipe("deit", "ConvMixer").learning_rate
+    with pytest.raises(SystemExit):
+        script.parse_arguments(["--pipeline", "numpy"])
 
 
 def test_input_size_is_the_models_unless_image_size_is_given(script):
@@ -126,36 +105,33 @@ def test_extract_keeps_the_copy_another_run_completed(script, tmp_path, monkeypa
     assert [p.name for p in cache.iterdir()] == ["cifar10-train-jpeg"]
 
 
-def test_train_numpy_writes_its_metrics_and_keeps_the_split_across_seeds(script, tmp_path, monkeypatch):
-    import json
-    import sys
+def test_a_short_run_writes_the_section_through_the_device_pipeline(script, tmp_path, monkeypatch):
+    monkeypatch.setenv("KERAS_VITMIX_MALLOC", "system")  # the script tunes malloc: not in the test process
+    results, output = tmp_path / "RESULTS.md", tmp_path / "runs"
+    results.write_text("# Results\n\n## Accuracy on CIFAR-10\n\nold table\n\n## Other\n\nkept\n")
+    arguments = [
+        "--archive", str(_archive(tmp_path)), "--cache", str(tmp_path / "cache"), "--per-class", "10",
+        "--models", "convmixer_256_8", "--overrides", json.dumps({"hidden_dim": 16, "num_layers": 1}),
+        "--epochs", "1", "--batch-size", "6", "--augment", "light", "--results", str(results), "--output", str(output),
+    ]
+    script.main(arguments)
+    metrics = json.loads((output / "convmixer_256_8" / "metrics.json").read_text())
+    assert metrics["pipeline"] == "device" and metrics["recipe"] == "cifar" and metrics["epochs"] == 1
+    assert metrics["batch_size"] == 6 and metrics["augment"] == "light"  # given
+    assert metrics["learning_rate"] == 0.01 and metrics["label_smoothing"] == 0.0  # the ConvMixer row's
+    assert metrics["test_examples"] == 2  # one held-out image of each class
+    text = results.read_text()
+    section = text[text.index("## Accuracy on CIFAR-10"):text.index("## Other")]
+    assert "old table" not in section and "kept" in text
+    row = next(line for line in section.splitlines() if line.startswith("| convmixer_256_8 | ConvMixer |"))
+    cells = [cell.strip() for cell in row.split("|")[1:-1]]
+    assert cells[3:6] == ["cifar", "1", "18"] and cells[6] == f"{metrics['test_accuracy']:.2%}"
+    assert "device pipeline" in section and "recipe 'cifar'" in section and "with seed 0" in section
+    resolved = next(line for line in section.splitlines()[::-1] if line.startswith("| convmixer_256_8 |"))
+    assert "| 6 | 0.01 |" in resolved and "| light |" in resolved
 
-    import keras
-
-    # the decoding workers are spawned: they find `_decode` by its module's name
-    monkeypatch.setitem(sys.modules, script.__name__, script)
-    folder = script.extract(_archive(tmp_path), tmp_path / "cache")
-    runs = {}
-    for seed in (0, 1):
-        output = tmp_path / f"run{seed}"
-        metrics = script.train_numpy(
-            "seed_convmixer", folder, tmp_path / "cache", 2, 6, 1e-2, 1e-4, False, False, str(output),
-            seed=seed, augment=False,
-        )
-        assert json.loads((output / "metrics.json").read_text()) == metrics
-        runs[seed] = metrics
-    first = runs[0]
-    parameters = keras_vitmix_parameters("seed_convmixer", classes=2)
-    assert first["parameters"] == parameters and first["epochs"] == 2 and first["epochs_run_now"] == 2
-    # 18 training images (the last 10% of each class is held out): images/s counts them
-    assert first["images_per_second"] * first["seconds_per_epoch"] == pytest.approx(18)
-    assert first["test_examples"] == runs[1]["test_examples"] == 2
-    assert first["test_split"] == runs[1]["test_split"]  # the seed leaves the validation split alone
-    assert first["test_loss"] != runs[1]["test_loss"]  # ...and re-draws the initialization
-    assert keras.config.dtype_policy().name == "float32"
-
-
-def keras_vitmix_parameters(name, **kwargs):
-    from keras_vitmix.applications import create_model
-
-    return create_model(name, **kwargs).count_params()
+    # Another seed: another initialization, the same validation images.
+    script.main([*arguments, "--seed", "1", "--output", str(tmp_path / "seed1")])
+    other = json.loads((tmp_path / "seed1" / "convmixer_256_8" / "metrics.json").read_text())
+    assert other["test_examples"] == 2 and other["test_loss"] != metrics["test_loss"]
+    assert "with seed 0" in results.read_text()
