@@ -45,7 +45,7 @@ def policy_name(augment):
     return augment
 
 
-def policy_layers(policy, image_shape, flip=True, seed=0):
+def policy_layers(policy, image_shape, flip=True, seed=0, in_tf_data=False):
     """The Keras layers of a policy, in the order they apply, by role.
 
     Args:
@@ -53,6 +53,11 @@ def policy_layers(policy, image_shape, flip=True, seed=0):
         image_shape: (height, width, channels) of the images.
         flip: whether horizontal flips keep the labels (False for digits).
         seed: int; each layer gets its own seed derived from it.
+        in_tf_data: the layers run inside tf.data, where Keras's own layers switch to
+            TensorFlow whatever the backend: the crop is then
+            `keras.layers.RandomTranslation` (nearest pixels, zero fill): the same crops
+            as `RandomPaddedCrop` (which computes with the backend's ops), its offsets
+            drawn continuously and rounded to whole pixels.
 
     Returns:
         A dict with the keys that apply of "crop", "flip", "rand_augment", "erasing",
@@ -64,7 +69,14 @@ def policy_layers(policy, image_shape, flip=True, seed=0):
     if policy == "none":
         return layers
     common = dict(dtype="float32")
-    layers["crop"] = RandomPaddedCrop(max(1, height // 8), max(1, width // 8), seed=seed, **common)
+    pad_h, pad_w = max(1, height // 8), max(1, width // 8)
+    if in_tf_data:
+        layers["crop"] = keras.layers.RandomTranslation(
+            pad_h / height, pad_w / width, fill_mode="constant", fill_value=0.0, interpolation="nearest",
+            seed=seed, **common,
+        )
+    else:
+        layers["crop"] = RandomPaddedCrop(pad_h, pad_w, seed=seed, **common)
     if flip:
         layers["flip"] = keras.layers.RandomFlip("horizontal", seed=seed + 1, **common)
     if policy in ("medium", "strong"):
@@ -226,7 +238,7 @@ def augmenter(info, strength, seed):
     """The policy's layers run inside tf.data on a batch of uint8-range float images."""
     import tensorflow as tf
 
-    layers = policy_layers(strength, info.image_shape, info.flip_invariant, seed)
+    layers = policy_layers(strength, info.image_shape, info.flip_invariant, seed, in_tf_data=True)
     if "rand_augment" in layers:
         # Inside tf.data the layers compute with TensorFlow, but Keras picks the form of
         # equalization's histogram from the global backend: under JAX, a loop over 256 bins.

@@ -60,10 +60,14 @@ def check_fits(nbytes, what="The training images"):
     limit = int(device_memory_bytes() * MEMORY_FRACTION)
     if nbytes > limit:
         raise ValueError(
-            f"{what} take {nbytes / 2**30:.2f} GiB as uint8, more than the device pipeline holds on this "
-            f"device ({MEMORY_FRACTION:.0%} of its memory: {limit / 2**30:.2f} GiB). Use "
+            f"{what} take {_size(nbytes)} as uint8, more than the device pipeline holds on this "
+            f"device ({MEMORY_FRACTION:.0%} of its memory: {_size(limit)}). Use "
             "pipeline='tf.data', which streams batches from storage, or a smaller image_size."
         )
+
+
+def _size(nbytes):
+    return f"{nbytes / 2**30:.2f} GiB" if nbytes >= 2**30 else f"{nbytes / 2**20:.1f} MiB"
 
 
 class HeldData(keras.layers.Layer):

@@ -232,6 +232,8 @@ def train(
 
     if isinstance(epochs, bool) or (epochs is not None and (not isinstance(epochs, int) or epochs < 1)):
         raise ValueError(f"`epochs` must be an integer >= 1. Received: epochs={epochs!r}")
+    if distribute not in (None, "none", "data_parallel"):
+        raise ValueError(f"`distribute` must be None or 'data_parallel'. Received: distribute={distribute!r}")
     if pipeline not in PIPELINES:
         raise ValueError(f"`pipeline` must be one of {PIPELINES}. Received: pipeline={pipeline!r}")
     if recipe is not None and recipe not in recipes.RECIPES:
@@ -341,7 +343,8 @@ class _TrainingData:
         self.seed = seed
         in_memory = isinstance(dataset, (tuple, list, dict))
         if in_memory:
-            self.splits, self.info, self.test_info = _array_splits(dataset, seed, validation_fraction)
+            classes = int(model.output_shape[-1]) if isinstance(model, keras.Model) else None
+            self.splits, self.info, self.test_info = _array_splits(dataset, seed, validation_fraction, classes)
             self.size = self.info.image_shape[:2]
             wanted = datasets.as_image_size(image_size) or _model_image_size(model)
             if tuple(wanted) != tuple(self.size):
@@ -476,7 +479,7 @@ def _metrics(num_classes):
     return metrics
 
 
-def _array_splits(dataset, seed, validation_fraction):
+def _array_splits(dataset, seed, validation_fraction, num_classes=None):
     """{split: (images, labels)} and the train and test `DatasetInfo`s of in-memory arrays."""
     from keras_vitmix import datasets
 
@@ -490,8 +493,8 @@ def _array_splits(dataset, seed, validation_fraction):
         given = {k: _pair(v, k) for k, v in dataset.items()}
     else:
         given = {"train": _pair(dataset, "train")}
-    train_images, train_labels = datasets.check_arrays(*given["train"])
-    num_classes = int(train_labels.max()) + 1
+    train_images, train_labels = datasets.check_arrays(*given["train"], num_classes=num_classes)
+    num_classes = num_classes or int(train_labels.max()) + 1
     checked = {"train": (train_images, train_labels)}
     for split in ("validation", "test"):
         if split in given:
@@ -529,14 +532,14 @@ def _choose_pipeline(pipeline, dataset, size, distribute, validation_fraction):
 
     name = os.fspath(dataset)
     if name == "digits":
-        return "device"
-    if os.path.isdir(name):
+        count = 1257  # its training split
+    elif os.path.isdir(name):
         paths = datasets.list_folder(name, "train", validation_fraction=validation_fraction)[0]
         count = len(paths)
     else:
         _, info = datasets.load(name, "train", image_size=size, batch_size=1, validation_fraction=validation_fraction)
         count = info.num_examples
-    height, width = size if size else datasets.read_image(paths[0]).shape[:2]
+    height, width = size or datasets.read_image(paths[0]).shape[:2]
     try:
         device_pipeline.check_fits(count * height * width * 3)
     except ValueError:
