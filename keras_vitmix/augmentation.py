@@ -83,6 +83,8 @@ def policy_layers(policy, image_shape, flip=True, seed=0, in_tf_data=False):
         rand_augment = keras.layers.RandAugment(
             value_range=(0, 255), num_ops=RAND_AUGMENT_OPS, factor=RAND_AUGMENT_FACTOR, seed=seed + 2, **common
         )
+        if not in_tf_data:  # (inside tf.data, `augmenter` counts with tf.math.bincount)
+            _internals.use_segment_sum_histograms(rand_augment)
         layers["rand_augment"] = rand_augment
         layers["erasing"] = keras.layers.RandomErasing(
             factor=ERASING_PROBABILITY, value_range=(0, 255), fill_value=0.0, seed=seed + 3, **common

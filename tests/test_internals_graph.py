@@ -99,6 +99,23 @@ def test_bincount_histogram_counts_as_keras_does():
     np.testing.assert_array_equal(keras_counts, expected)
 
 
+def test_segment_sum_histogram_counts_as_keras_does():
+    values = np.random.default_rng(1).uniform(0, 255, (4, 16, 16)).astype("float32")
+    values[0, 0, :3] = [0.0, 255.0, 254.999]  # both ends of the range
+    ours = keras.ops.convert_to_numpy(_internals._segment_sum_histogram(keras.ops.convert_to_tensor(values), (0, 255), 256))
+    np.testing.assert_array_equal(ours, np.bincount(values.astype(int).ravel(), minlength=256))
+
+
+def test_equalization_in_the_step_with_and_without_the_private_histogram(monkeypatch):
+    values = np.random.default_rng(3).uniform(0, 255, (2, 8, 8, 3)).astype("float32")
+    ours = keras.layers.Equalization(value_range=(0, 255))
+    assert _internals.use_segment_sum_histograms(ours)
+    monkeypatch.setattr(_internals, "_EQUALIZATION_HISTOGRAM", "_missing_in_this_keras")
+    kept = keras.layers.Equalization(value_range=(0, 255))
+    assert not _internals.use_segment_sum_histograms(kept)
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(ours(values)), keras.ops.convert_to_numpy(kept(values)))
+
+
 def equalized_in_tf_data(layer, values):
     import tensorflow as tf
 
