@@ -83,8 +83,11 @@ class HeldData(keras.layers.Layer):
         super().__init__(**kwargs)
         self.images = keras.Variable(images, dtype="uint8", trainable=False, name="images")
         self.labels = keras.Variable(labels, dtype="int32", trainable=False, name="labels")
+        # autocast=False: under a mixed policy Keras's torch backend reads an autocast
+        # variable as a cast copy, and `assign` wrote into that copy (the loss then saw
+        # zeros and nothing learned: tests/test_training.py's mixed-precision run).
         self.targets = keras.Variable(
-            np.zeros((batch_size, num_classes), "float32"), trainable=False, name="targets"
+            np.zeros((batch_size, num_classes), "float32"), trainable=False, autocast=False, name="targets"
         )
         self.built = True
 
