@@ -150,8 +150,6 @@ def _sample_image(model_path, size):
     """A test image of the dataset recorded in the run's metrics.json."""
     import json
 
-    import numpy as np
-
     from keras_vitmix import datasets
 
     metrics_path = os.path.join(os.path.dirname(os.path.abspath(model_path)), "metrics.json")
@@ -159,8 +157,10 @@ def _sample_image(model_path, size):
         raise ValueError(f"No --image given and no {metrics_path} naming the model's dataset: pass --image.")
     with open(metrics_path) as handle:
         dataset = json.load(handle)["dataset"]
-    images, _ = next(iter(datasets.load(dataset, "test", image_size=size, batch_size=1)[0]))
-    return np.asarray(images[0]).astype("uint8")
+    if dataset == "arrays":
+        raise ValueError(f"The run of {model_path} trained on in-memory arrays, not a named dataset: pass --image.")
+    images, _, _ = datasets.load_arrays(dataset, "test", image_size=size)  # no TensorFlow needed
+    return images[0]
 
 
 def _visualize(args):

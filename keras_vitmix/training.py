@@ -607,15 +607,18 @@ def _build(model, size, num_classes, overrides, drop_path_rate=0.0):
     return create_model(model, **overrides)
 
 
-def evaluate(model, dataset, split="test", batch_size=128, output_dir=None):
+def evaluate(model, dataset, split="test", batch_size=128, output_dir=None, test_time_flip=False):
     """Accuracy of a saved model on a dataset split, and a confusion-matrix PNG.
 
     Args:
         model: a `.keras` path or a `keras.Model`.
-        dataset: "digits", a TFDS name or a folder.
+        dataset: "digits", a TFDS name or a folder. Read through tf.data where TensorFlow
+            is installed, else into memory (`datasets.load_arrays`).
         split: "train", "validation" or "test".
         batch_size: int >= 1.
         output_dir: where to write confusion_matrix.png (default: the model's folder).
+        test_time_flip: average each image's prediction with its mirror's, as `train`
+            scores the test split when its recipe says so.
 
     Returns:
         {"accuracy", "examples", "confusion_matrix" (path), "split_note"}.
@@ -628,15 +631,29 @@ def evaluate(model, dataset, split="test", batch_size=128, output_dir=None):
         output_dir = output_dir or os.path.dirname(os.path.abspath(model))
         model = saving.load_model(model, compile=False)
     output_dir = output_dir or "."
-    ds, info = datasets.load(dataset, split, image_size=tuple(model.input_shape[1:3]), batch_size=batch_size)
+    size = tuple(model.input_shape[1:3])
+    try:
+        import tensorflow  # noqa: F401
+    except ImportError:
+        split_images, split_labels, info = datasets.load_arrays(dataset, split, image_size=size)
+        batches = (
+            (split_images[i:i + batch_size], split_labels[i:i + batch_size])
+            for i in range(0, len(split_labels), batch_size)
+        )
+    else:
+        ds, info = datasets.load(dataset, split, image_size=size, batch_size=batch_size)
+        batches = ((np.asarray(x), np.asarray(y)) for x, y in ds)  # JAX refuses tf tensors
     if model.output_shape[-1] != info.num_classes:
         raise ValueError(
             f"The model has {model.output_shape[-1]} classes and the dataset {info.num_classes}."
         )
     labels, predictions = [], []
-    for images, batch_labels in ds:
-        probabilities = model.predict_on_batch(np.asarray(images))  # JAX refuses tf tensors
-        predictions.append(np.argmax(keras.ops.convert_to_numpy(probabilities), axis=-1))
+    for images, batch_labels in batches:
+        images = np.asarray(images, "float32")
+        probabilities = keras.ops.convert_to_numpy(model.predict_on_batch(images))
+        if test_time_flip:
+            probabilities = (probabilities + keras.ops.convert_to_numpy(model.predict_on_batch(images[:, :, ::-1]))) / 2
+        predictions.append(np.argmax(probabilities, axis=-1))
         labels.append(np.asarray(batch_labels))
     labels, predictions = np.concatenate(labels), np.concatenate(predictions)
     os.makedirs(output_dir, exist_ok=True)

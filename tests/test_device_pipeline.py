@@ -174,7 +174,9 @@ import json, sys
 {block}
 from keras_vitmix import training
 metrics = training.train(dataset="digits", output_dir=sys.argv[1], verbose=0)
+evaluated = training.evaluate(sys.argv[1] + "/model.keras", "digits")
 print(json.dumps({{"accuracy": metrics["test_accuracy"], "pipeline": metrics["pipeline"], "recipe": metrics["recipe"],
+                  "evaluated": evaluated["accuracy"],
                   "epochs": metrics["epochs"], "tensorflow": any(m.split(".")[0] == "tensorflow" for m in sys.modules)}}))
 """
 
@@ -194,3 +196,4 @@ def test_digits_with_the_defaults_and_tensorflow_blocked_reach_95_percent(tmp_pa
     assert result["pipeline"] == "device" and result["recipe"] == "small" and result["epochs"] == 15
     assert result["tensorflow"] == (backend == "tensorflow")
     assert result["accuracy"] >= 0.95, result
+    assert result["evaluated"] == pytest.approx(result["accuracy"], abs=1e-6)  # evaluate reads it back
