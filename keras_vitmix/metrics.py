@@ -29,3 +29,11 @@ def top5_accuracy(y_true, y_pred):
     """1.0 per example whose label is among its five most probable classes, else 0.0."""
     labels = ops.cast(integer_labels(y_true, y_pred), "int32")
     return ops.cast(ops.in_top_k(labels, ops.cast(y_pred, "float32"), 5), "float32")
+
+
+def accuracy_metrics(num_classes):
+    """The recipe's compiled metrics: "accuracy", and "top5" for more than 5 classes."""
+    metrics = [keras.metrics.MeanMetricWrapper(top1_accuracy, name="accuracy")]
+    if num_classes > 5:
+        metrics.append(keras.metrics.MeanMetricWrapper(top5_accuracy, name="top5"))
+    return metrics

@@ -17,9 +17,18 @@ import warnings
 import keras
 
 from keras_vitmix import saving
+from keras_vitmix.augmentation import policy_name
 from keras_vitmix.losses import ClassificationLoss
-from keras_vitmix.metrics import top1_accuracy, top5_accuracy
+from keras_vitmix.metrics import accuracy_metrics
 from keras_vitmix.training_callbacks import EpochTimer, callbacks
+from keras_vitmix.training_data import (
+    PIPELINES,
+    TrainingData,
+    array_batches,
+    build_network,
+    predict_batches,
+    recipe_family,
+)
 
 # Variables named so are not decayed (LayerNorm/BatchNorm gamma/beta, biases, ...).
 NO_WEIGHT_DECAY = ("bias", "gamma", "beta", "position_embeddings", "class_token", "layer_scale")
@@ -96,7 +105,7 @@ def compile_for_training(
         ema_momentum=0.99 if ema_momentum is None else float(ema_momentum),
     )
     optimizer.exclude_from_weight_decay(var_names=list(NO_WEIGHT_DECAY))
-    metrics = _metrics(model.output_shape[-1])
+    metrics = accuracy_metrics(model.output_shape[-1])
     model.compile(
         optimizer=optimizer,
         loss=ClassificationLoss(label_smoothing=label_smoothing),
@@ -145,9 +154,6 @@ def write_json(path, payload):
     with open(tmp, "w") as handle:
         json.dump(payload, handle, indent=2, sort_keys=True)
     os.replace(tmp, path)
-
-
-PIPELINES = ("auto", "device", "tf.data")
 
 
 def train(
@@ -239,16 +245,14 @@ def train(
     if recipe is not None and recipe not in recipes.RECIPES:
         recipes.get_recipe(recipe)  # the ValueError naming it, with close names
     if augment is not None:
-        from keras_vitmix.augmentation import policy_name
-
         policy_name(augment)  # an unknown name fails before any data is read
     os.makedirs(output_dir, exist_ok=True)
     keras.utils.set_random_seed(seed)
     if isinstance(model, str) and model.endswith(".keras"):
         model = saving.load_model(model, compile=False)
-    data = _TrainingData(dataset, image_size, model, seed, validation_fraction, pipeline, distribute)
+    data = TrainingData(dataset, image_size, model, seed, validation_fraction, pipeline, distribute)
     info = data.info
-    chosen = recipes.get_recipe(recipe or recipes.choose_recipe(info.num_examples, info.image_shape), _family(model))
+    chosen = recipes.get_recipe(recipe or recipes.choose_recipe(info.num_examples, info.image_shape), recipe_family(model))
     given = dict(
         epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, weight_decay=weight_decay,
         warmup_epochs=warmup_epochs, label_smoothing=label_smoothing, augment=augment,
@@ -256,7 +260,7 @@ def train(
     )
     run = {**chosen.as_dict(), **{k: v for k, v in given.items() if v is not None}}
     run["ema_momentum"] = run["ema_momentum"] or None  # False: off
-    run["augment"] = _policy(run["augment"])
+    run["augment"] = policy_name(run["augment"])
     run["test_time_flip"] = bool(run["test_time_flip"]) and info.flip_invariant
     if isinstance(run["batch_size"], bool) or not isinstance(run["batch_size"], int) or run["batch_size"] < 1:
         raise ValueError(f"`batch_size` must be an integer >= 1. Received: batch_size={run['batch_size']!r}")
@@ -267,7 +271,7 @@ def train(
         keras.config.set_dtype_policy("mixed_bfloat16")
     try:
         with distribution_scope(distribute):
-            net = _build(model, data.size, info.num_classes, model_overrides, run["drop_path_rate"])
+            net = build_network(model, data.size, info.num_classes, model_overrides, run["drop_path_rate"])
             compile_for_training(
                 net, run["epochs"] * steps, run["learning_rate"], run["weight_decay"], run["warmup_epochs"] * steps,
                 run["label_smoothing"], clipnorm=run["clipnorm"], jit_compile=jit_compile,
@@ -310,243 +314,6 @@ def train(
     return metrics
 
 
-def _policy(augment):
-    from keras_vitmix.augmentation import policy_name
-
-    return policy_name(augment)
-
-
-def _family(model):
-    """What `keras_vitmix.recipes.get_recipe` takes for `model`: its class, or a
-    registered name's family."""
-    if isinstance(model, keras.Model):
-        return model
-    from keras_vitmix.applications import model_info
-
-    try:
-        return model_info(model)["family"]
-    except (KeyError, ValueError):
-        return "default"
-
-
-class _TrainingData:
-    """The splits of a run and how they reach the model, for either pipeline.
-
-    The device pipeline reads every split into memory (`datasets.load_arrays`, or the
-    arrays given) and trains a `device_pipeline.DeviceTrainer`; tf.data streams them
-    (`datasets.load`) into the model itself.
-    """
-
-    def __init__(self, dataset, image_size, model, seed, validation_fraction, pipeline, distribute):
-        from keras_vitmix import datasets
-
-        self.seed = seed
-        in_memory = isinstance(dataset, (tuple, list, dict))
-        if in_memory:
-            classes = int(model.output_shape[-1]) if isinstance(model, keras.Model) else None
-            self.splits, self.info, self.test_info = _array_splits(dataset, seed, validation_fraction, classes)
-            self.size = self.info.image_shape[:2]
-            wanted = datasets.as_image_size(image_size) or _model_image_size(model)
-            if tuple(wanted) != tuple(self.size):
-                raise ValueError(
-                    f"The images are {self.size[0]}x{self.size[1]} and the model takes {wanted[0]}x{wanted[1]}: "
-                    "resize the arrays, or build the model for their size. "
-                    f"Received: images of shape {self.splits['train'][0].shape}"
-                )
-            if pipeline == "tf.data":
-                raise ValueError(
-                    "In-memory arrays train through the device pipeline. Received: pipeline='tf.data' with arrays "
-                    "(wrap them in a tf.data.Dataset and call model.fit for a tf.data pipeline of your own)"
-                )
-        if not in_memory:
-            self.size = datasets.as_image_size(image_size) or _model_image_size(model)
-        self.pipeline = "device" if in_memory else _choose_pipeline(pipeline, dataset, self.size, distribute, validation_fraction)
-        if self.pipeline == "device" and distribute not in (None, "none"):
-            raise ValueError(
-                "The device pipeline trains on one device. Received: pipeline='device' with "
-                f"distribute={distribute!r}; use pipeline='tf.data' for data parallelism."
-            )
-        if in_memory:
-            return
-        load = dict(image_size=self.size, seed=seed, validation_fraction=validation_fraction)
-        if self.pipeline == "device":
-            from keras_vitmix import device_pipeline
-
-            self.splits, infos = {}, {}
-            for split in datasets.SPLITS:
-                images, labels, infos[split] = datasets.load_arrays(dataset, split, **load)
-                self.splits[split] = (images, labels)
-                if split == "train":
-                    device_pipeline.check_fits(images.nbytes, f"The training images of {infos[split].name}")
-            self.info, self.test_info = infos["train"], infos["test"]
-        else:
-            self.dataset, self.load = dataset, load
-            _, self.info = datasets.load(dataset, "train", batch_size=1, **load)
-            _, self.test_info = datasets.load(dataset, "test", batch_size=1, **load)
-
-    def training_batches(self, batch_size, augment, seed):
-        if self.pipeline == "device":
-            from keras_vitmix.device_pipeline import IndexBatches
-
-            return IndexBatches(self.splits["train"][1], batch_size, seed)
-        from keras_vitmix import datasets
-
-        # One batch shape: XLA compiles one training step, not a second for the last batch.
-        ds, _ = datasets.load(
-            self.dataset, "train", batch_size=batch_size, augment=augment, drop_remainder=True, **self.load
-        )
-        return ds
-
-    def trainer(self, net, run, seed, jit_compile):
-        """The model `fit` runs: `net` itself, or a DeviceTrainer holding the data."""
-        if self.pipeline != "device":
-            return net
-        from keras_vitmix.device_pipeline import DeviceTrainer
-
-        images, labels = self.splits["train"]
-        trainer = DeviceTrainer(
-            net, images, labels, min(run["batch_size"], len(labels)), augment=run["augment"],
-            flip=self.info.flip_invariant, test_time_flip=run["test_time_flip"], seed=seed,
-        )
-        trainer.compile(
-            optimizer=net.optimizer, loss=net.loss, metrics=_metrics(net.output_shape[-1]), jit_compile=jit_compile
-        )
-        return trainer
-
-    def callbacks(self, batches):
-        if self.pipeline != "device":
-            return ()
-        from keras_vitmix.device_pipeline import EpochOrder
-
-        return (EpochOrder(batches),)
-
-    def validation(self, batch_size):
-        if self.pipeline == "device":
-            return self.splits["validation"]
-        from keras_vitmix import datasets
-
-        return datasets.load(self.dataset, "validation", batch_size=batch_size, **self.load)[0]
-
-    def score(self, model, batch_size, flip, label_smoothing):
-        """Loss, accuracy (and top-5) of `model` on the test split, each image's
-        prediction averaged with its mirror's when `flip`."""
-        import numpy as np
-
-        if self.pipeline == "device":
-            images, labels = self.splits["test"]
-            batches = ((images[i:i + batch_size], labels[i:i + batch_size]) for i in range(0, len(labels), batch_size))
-        else:
-            from keras_vitmix import datasets
-
-            ds, _ = datasets.load(self.dataset, "test", batch_size=batch_size, **self.load)
-            batches = ((np.asarray(x), np.asarray(y)) for x, y in ds)
-        return score_batches(model, batches, flip, label_smoothing)
-
-
-def score_batches(model, batches, flip=False, label_smoothing=0.0):
-    """{"loss", "accuracy", "top5" (more than 5 classes)} of `model` over (images, labels)
-    batches; with `flip`, each prediction is the mean of the image's and its mirror's."""
-    import numpy as np
-
-    from keras_vitmix.metrics import top1_accuracy, top5_accuracy
-
-    loss_fn = ClassificationLoss(label_smoothing=label_smoothing, reduction=None)
-    totals = {"loss": 0.0, "accuracy": 0.0, "top5": 0.0}
-    count = 0
-    for images, labels in batches:
-        images = np.asarray(images, "float32")
-        probabilities = keras.ops.convert_to_numpy(model.predict_on_batch(images))
-        if flip:
-            mirrored = keras.ops.convert_to_numpy(model.predict_on_batch(images[:, :, ::-1]))
-            probabilities = (probabilities + mirrored) / 2
-        probabilities = probabilities.astype("float32")
-        labels = np.asarray(labels)
-        totals["loss"] += float(np.sum(keras.ops.convert_to_numpy(loss_fn(labels, probabilities))))
-        totals["accuracy"] += float(np.sum(keras.ops.convert_to_numpy(top1_accuracy(labels, probabilities))))
-        if probabilities.shape[-1] > 5:
-            totals["top5"] += float(np.sum(keras.ops.convert_to_numpy(top5_accuracy(labels, probabilities))))
-        count += len(labels)
-    scores = {k: v / max(1, count) for k, v in totals.items()}
-    if model.output_shape[-1] <= 5:
-        del scores["top5"]
-    return scores
-
-
-def _metrics(num_classes):
-    metrics = [keras.metrics.MeanMetricWrapper(top1_accuracy, name="accuracy")]
-    if num_classes > 5:
-        metrics.append(keras.metrics.MeanMetricWrapper(top5_accuracy, name="top5"))
-    return metrics
-
-
-def _array_splits(dataset, seed, validation_fraction, num_classes=None):
-    """{split: (images, labels)} and the train and test `DatasetInfo`s of in-memory arrays."""
-    from keras_vitmix import datasets
-
-    if isinstance(dataset, dict):
-        unknown = sorted(set(dataset) - set(datasets.SPLITS))
-        if "train" not in dataset or unknown:
-            raise ValueError(
-                f"A dict of arrays needs a 'train' entry and may have 'validation' and 'test'. Received keys: "
-                f"{sorted(dataset)}"
-            )
-        given = {k: _pair(v, k) for k, v in dataset.items()}
-    else:
-        given = {"train": _pair(dataset, "train")}
-    train_images, train_labels = datasets.check_arrays(*given["train"], num_classes=num_classes)
-    num_classes = num_classes or int(train_labels.max()) + 1
-    checked = {"train": (train_images, train_labels)}
-    for split in ("validation", "test"):
-        if split in given:
-            checked[split] = datasets.check_arrays(*given[split], num_classes=num_classes, name=f"{split} images")
-    if "validation" not in checked:
-        checked["train"], checked["validation"] = datasets.split_arrays(
-            train_images, train_labels, validation_fraction, seed
-        )
-    checked.setdefault("test", checked["validation"])
-    info = datasets.array_info(*checked["train"], num_classes=num_classes)
-    test_info = datasets.array_info(*checked["test"], num_classes=num_classes, split="test")
-    return checked, info, test_info
-
-
-def _pair(value, split):
-    if not isinstance(value, (tuple, list)) or len(value) != 2:
-        raise ValueError(
-            f"In-memory data must be (images, labels) pairs. Received for {split!r}: {type(value).__name__}"
-            + (f" of length {len(value)}" if isinstance(value, (tuple, list)) else "")
-        )
-    return value
-
-
-def _choose_pipeline(pipeline, dataset, size, distribute, validation_fraction):
-    """"device" or "tf.data" for a named dataset (see `train`'s `pipeline`)."""
-    if pipeline != "auto":
-        return pipeline
-    if distribute not in (None, "none"):
-        return "tf.data"
-    try:
-        import tensorflow  # noqa: F401
-    except ImportError:
-        return "device"  # without TensorFlow there is no tf.data
-    from keras_vitmix import datasets, device_pipeline
-
-    name = os.fspath(dataset)
-    if name == "digits":
-        count = 1257  # its training split
-    elif os.path.isdir(name):
-        paths = datasets.list_folder(name, "train", validation_fraction=validation_fraction)[0]
-        count = len(paths)
-    else:
-        _, info = datasets.load(name, "train", image_size=size, batch_size=1, validation_fraction=validation_fraction)
-        count = info.num_examples
-    height, width = size or datasets.read_image(paths[0]).shape[:2]
-    try:
-        device_pipeline.check_fits(count * height * width * 3)
-    except ValueError:
-        return "tf.data"
-    return "device"
-
-
 def _run_metrics(net, info, test_info, scores, times, wall, resumed, size, batch_size, epochs, seen):
     per_epoch = sum(times) / max(1, len(times))
     metrics = {
@@ -571,40 +338,6 @@ def _run_metrics(net, info, test_info, scores, times, wall, resumed, size, batch
     if "top5" in scores:
         metrics["test_top5"] = float(scores["top5"])
     return metrics
-
-
-def _model_image_size(model):
-    if isinstance(model, keras.Model):
-        return tuple(model.input_shape[1:3])
-    from keras_vitmix.applications import model_info
-
-    shape = model_info(model)["config"].get("input_shape", (224, 224, 3))
-    return tuple(shape[:2])
-
-
-def _build(model, size, num_classes, overrides, drop_path_rate=0.0):
-    import inspect
-
-    from keras_vitmix.applications import create_model, model_info
-
-    if isinstance(model, keras.Model):
-        if model.output_shape[-1] != num_classes:
-            raise ValueError(
-                f"The model has {model.output_shape[-1]} classes and the dataset {num_classes}. "
-                "Build the model with `classes` equal to the dataset's."
-            )
-        return model
-    overrides = dict(overrides or {})
-    if overrides.get("classes", num_classes) != num_classes:
-        raise ValueError(
-            f"The model has {overrides['classes']} classes and the dataset {num_classes}. "
-            f"Received: classes={overrides['classes']}"
-        )
-    overrides.update(classes=num_classes, input_shape=(*size, 3))
-    family = model_info(model)["family"]
-    if drop_path_rate and "drop_path_rate" in inspect.signature(family).parameters:
-        overrides.setdefault("drop_path_rate", drop_path_rate)
-    return create_model(model, **overrides)
 
 
 def evaluate(model, dataset, split="test", batch_size=128, output_dir=None, test_time_flip=False):
@@ -636,25 +369,18 @@ def evaluate(model, dataset, split="test", batch_size=128, output_dir=None, test
         import tensorflow  # noqa: F401
     except ImportError:
         split_images, split_labels, info = datasets.load_arrays(dataset, split, image_size=size)
-        batches = (
-            (split_images[i:i + batch_size], split_labels[i:i + batch_size])
-            for i in range(0, len(split_labels), batch_size)
-        )
+        batches = array_batches(split_images, split_labels, batch_size)
     else:
         ds, info = datasets.load(dataset, split, image_size=size, batch_size=batch_size)
-        batches = ((np.asarray(x), np.asarray(y)) for x, y in ds)  # JAX refuses tf tensors
+        batches = iter(ds)
     if model.output_shape[-1] != info.num_classes:
         raise ValueError(
             f"The model has {model.output_shape[-1]} classes and the dataset {info.num_classes}."
         )
     labels, predictions = [], []
-    for images, batch_labels in batches:
-        images = np.asarray(images, "float32")
-        probabilities = keras.ops.convert_to_numpy(model.predict_on_batch(images))
-        if test_time_flip:
-            probabilities = (probabilities + keras.ops.convert_to_numpy(model.predict_on_batch(images[:, :, ::-1]))) / 2
+    for probabilities, batch_labels in predict_batches(model, batches, test_time_flip):
         predictions.append(np.argmax(probabilities, axis=-1))
-        labels.append(np.asarray(batch_labels))
+        labels.append(batch_labels)
     labels, predictions = np.concatenate(labels), np.concatenate(predictions)
     os.makedirs(output_dir, exist_ok=True)
     path = os.path.join(output_dir, "confusion_matrix.png")
