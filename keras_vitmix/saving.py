@@ -88,3 +88,30 @@ def load_model(path, compile=True, argument="model"):
             f"The model file {path!r} is a .keras archive but does not load as a model: "
             f"{type(error).__name__}: {error}"
         ) from error
+
+
+def model_metadata(model):
+    """What `model` was trained on, as its run recorded it: a dict (empty when unknown).
+
+    `keras_vitmix.training.train` stores the run's metadata in the models it writes
+    (families of `keras_vitmix.applications` keep it in their config, so `.keras` files
+    and exports carry it). Keys: "class_names" (list of str, in label order), "dataset"
+    (the name or folder), "splits" (how validation and test were made: seed, fractions,
+    notes), "recipe" and the training values as trained, "pipeline".
+
+    Args:
+        model: a `keras.Model`, or the path to a `.keras` file.
+
+    Returns:
+        A new dict; {} for a model that carries none (e.g. a plain `keras.Model`).
+    """
+    if isinstance(model, (str, os.PathLike)):
+        model = load_model(model, compile=False)
+    metadata = getattr(model, "metadata", None)
+    return dict(metadata) if isinstance(metadata, dict) else {}
+
+
+def class_names(model):
+    """The class names `model` was trained with (list of str), or None when unknown."""
+    names = model_metadata(model).get("class_names")
+    return [str(name) for name in names] if names else None

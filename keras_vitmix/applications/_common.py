@@ -35,7 +35,12 @@ APPLICATION_ARGS_DOC = """\
         classes: int, number of classes of the head.
         classifier_activation: activation of the head ("softmax", None for logits).
         name: the model's name.
-        **kwargs: `keras.Model` keyword arguments (`dtype`, `trainable`)."""
+        **kwargs: `keras.Model` keyword arguments (`dtype`, `trainable`), and two that
+            `get_config` writes so that a `.keras` file keeps them: `metadata`, a
+            JSON-able dict of what the model was trained on (`class_names`, `dataset`,
+            ...; see `keras_vitmix.saving.model_metadata`), and `frozen_layers`, the
+            names of the top-level layers whose `trainable` is False (Keras rebuilds a subclassed
+            model from its constructor, which would thaw them)."""
 
 
 def fill_docstring(cls):
@@ -217,22 +222,38 @@ def constructor_config(cls, arguments):
 
 
 class Application(keras.Model):
-    """Base of the families: a functional model that keeps its constructor arguments."""
+    """Base of the families: a functional model that keeps its constructor arguments,
+    its run metadata and which of its layers are frozen."""
 
     _MODEL_KWARGS = ("dtype", "trainable")
+    _SAVED_STATE = ("metadata", "frozen_layers")
 
     def _finish(self, inputs, outputs, config, weights, name, **kwargs):
-        unknown = sorted(set(kwargs) - set(self._MODEL_KWARGS))
+        unknown = sorted(set(kwargs) - set(self._MODEL_KWARGS) - set(self._SAVED_STATE))
         if unknown:
-            valid = sorted(config) + ["name", "weights", "input_tensor", *self._MODEL_KWARGS]
+            valid = sorted(config) + ["name", "weights", "input_tensor", *self._MODEL_KWARGS, *self._SAVED_STATE]
             raise TypeError(
                 f"{type(self).__name__} got unexpected keyword arguments {unknown}. "
                 f"Valid arguments: {', '.join(valid)}"
             )
+        metadata, frozen = kwargs.pop("metadata", None), kwargs.pop("frozen_layers", None)
         super().__init__(inputs=inputs, outputs=outputs, name=name, **kwargs)
         self._config = config
+        self.metadata = metadata
+        if frozen:
+            freeze_layers(self, frozen)
         if weights is not None:
             self.load_weights(weights)
+
+    @property
+    def metadata(self):
+        """What the model was trained on (`class_names`, `dataset`, ...): a dict that
+        `get_config`, and so every `.keras` file, keeps."""
+        return dict(self._metadata)
+
+    @metadata.setter
+    def metadata(self, value):
+        self._metadata = check_metadata(value)
 
     def call(self, inputs, training=None, mask=None, **kwargs):
         # Keras only warns on a mismatched functional input, and the normalization
@@ -269,11 +290,53 @@ class Application(keras.Model):
         return config
 
     def get_config(self):
-        return {"name": self.name, "trainable": self.trainable, **self._config}
+        config = {"name": self.name, "trainable": self.trainable, **self._config}
+        if self._metadata:
+            config["metadata"] = dict(self._metadata)
+        frozen = frozen_layer_paths(self)
+        if frozen:
+            config["frozen_layers"] = frozen
+        return config
 
     @classmethod
     def from_config(cls, config, custom_objects=None):
         return cls(**config)
+
+
+def check_metadata(value):
+    """`value` as a dict that JSON can write (a model's `metadata`); None is {}."""
+    import json
+
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        # Keras's attribute tracking may have wrapped a list: name the plain type.
+        kind = next((t.__name__ for t in (list, tuple, set, str) if isinstance(value, t)), type(value).__name__)
+        raise TypeError(f"`metadata` must be a dict. Received: metadata of type {kind}")
+    try:
+        return json.loads(json.dumps(value))  # a copy, and proof that a config can hold it
+    except (TypeError, ValueError) as error:
+        raise TypeError(f"`metadata` must hold JSON values only (str, numbers, lists, dicts): {error}") from None
+
+
+def frozen_layer_paths(model):
+    """The names of `model`'s top-level layers that hold weights and are frozen
+    (`trainable = False`), e.g. ["patch_embedding", "block_0"]. A layer frozen inside a
+    trainable block is not listed: features, probes and layer decay freeze by block."""
+    return [layer.name for layer in model.layers if not layer.trainable and layer.weights]
+
+
+def freeze_layers(model, names):
+    """Sets `trainable = False` on the top-level layers of `model` named in `names`."""
+    layers = {layer.name: layer for layer in model.layers}
+    missing = [name for name in names if name not in layers]
+    if missing:
+        raise ValueError(
+            f"`frozen_layers` names layers that {model.name!r} does not have: {missing}. "
+            f"Its layers: {sorted(layers)}"
+        )
+    for name in names:
+        layers[name].trainable = False
 
 
 def image_stem(family, input_shape, input_tensor, include_preprocessing, normalization, patch_size):
