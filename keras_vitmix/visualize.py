@@ -19,7 +19,7 @@ from keras_vitmix.plotting.attention import (
     rollout_overlay,
     token_mixing_tiles,
 )
-from keras_vitmix.plotting.base import as_image, overlay, pyplot, upsample
+from keras_vitmix.plotting.base import as_image, heat_limits, image_and_heat, pyplot, upsample
 
 
 def _model_image(model, image):
@@ -50,24 +50,30 @@ def _model_image(model, image):
 
 
 def _animate(path, image, heads, grid_shape, num_prefix_tokens, head, dpi):
-    """A GIF stepping the query over every patch, one frame per patch."""
+    """A GIF stepping the query over every patch, one frame per patch, drawn like
+    `query_attention`: the image beside the heat map, whose colour scale is refitted to
+    each frame's map (the colour bar follows it)."""
     from matplotlib.animation import FuncAnimation, PillowWriter
 
     maps = query_maps(heads, grid_shape, num_prefix_tokens)  # (H, M, h, w)
     maps = maps.mean(axis=0) if head is None else maps[head]  # (M, h, w)
-    fig = pyplot().figure(figsize=(3, 3.2))
-    ax = fig.add_axes((0.0, 0.0, 1.0, 0.9))  # no layout engine: each frame redraws quickly
-    overlay(ax, as_image(image), maps[0], 0, grid_shape)
-    heat, box = ax.images[1], ax.patches[0]
+    image = as_image(image)
+    fig = pyplot().figure(figsize=(6, 3.2))
+    # fixed axes, no layout engine: each frame redraws quickly
+    axes = [fig.add_axes((0.01, 0.02, 0.4, 0.86)), fig.add_axes((0.43, 0.02, 0.4, 0.86))]
+    heat = image_and_heat(axes, image, maps[0], "attention weight", 0, grid_shape,
+                          cax=fig.add_axes((0.85, 0.1, 0.03, 0.7)))
+    boxes = [ax.patches[0] for ax in axes]
     ph, pw = image.shape[0] / grid_shape[0], image.shape[1] / grid_shape[1]
 
     def frame(q):
         heat.set_data(upsample(maps[q], image.shape[:2]))
-        heat.set_clim(0, max(float(maps[q].max()), 1e-12))
+        heat.set_clim(*heat_limits(maps[q]))
         row, col = divmod(q, grid_shape[1])
-        box.set_xy((col * pw - 0.5, row * ph - 0.5))
-        ax.set_title(f"query patch {q}", fontsize=9)
-        return heat, box
+        for box in boxes:
+            box.set_xy((col * pw - 0.5, row * ph - 0.5))
+        axes[1].set_title(f"query patch {q}", fontsize=9)
+        return [heat, *boxes]
 
     FuncAnimation(fig, frame, frames=len(maps)).save(path, writer=PillowWriter(fps=4), dpi=dpi)
     pyplot().close(fig)

@@ -74,38 +74,53 @@ def test_attention_map():
 def test_query_attention_overlay_and_rectangle():
     img, s = image(), scores()
     fig = plotting.query_attention(img, s, (1, 2), (4, 4), num_prefix_tokens=1)
-    assert len(fig.axes) == 1
-    ax = fig.axes[0]
-    assert drawn(ax, 0).shape == (16, 16, 3)
+    assert len(fig.axes) == 3  # the image, the heat map over it, its colour bar
+    left, right, _ = fig.axes
+    np.testing.assert_allclose(drawn(left), img / 255.0, atol=1e-6)  # in full, colours kept
+    gray = img @ np.array([0.299, 0.587, 0.114]) / 255.0
+    np.testing.assert_allclose(drawn(right, 0), gray, atol=1e-5)  # under the heat map in gray
     expected = s[0, :, 1 + 6, 1:].mean(0).reshape(4, 4)  # query patch 6 = (1, 2), patch keys
-    np.testing.assert_allclose(drawn(ax), np.kron(expected, np.ones((4, 4))), atol=1e-6)
-    box = ax.patches[0]
-    assert (box.get_x(), box.get_y(), box.get_width(), box.get_height()) == (7.5, 3.5, 4, 4)
+    np.testing.assert_allclose(drawn(right), np.kron(expected, np.ones((4, 4))), atol=1e-6)
+    assert right.images[-1].get_clim() == pytest.approx((expected.min(), expected.max()))
+    for ax in (left, right):
+        box = ax.patches[0]
+        assert (box.get_x(), box.get_y(), box.get_width(), box.get_height()) == (7.5, 3.5, 4, 4)
     fig = plotting.query_attention(img, s[:, :, 1:, 1:], 15, (4, 4), head=0)  # no class token
-    np.testing.assert_allclose(drawn(fig.axes[0])[12:, 12:], s[0, 0, 16, 16], atol=1e-6)
+    np.testing.assert_allclose(drawn(fig.axes[1])[12:, 12:], s[0, 0, 16, 16], atol=1e-6)
     with pytest.raises(ValueError, match=r"\[0, 15\].*Received: query=16"):
         plotting.query_attention(img, s, 16, (4, 4), num_prefix_tokens=1)
     with pytest.raises(ValueError, match="N=17, grid_shape=\\(4, 4\\), num_prefix_tokens=0"):
         plotting.query_attention(img, s, 0, (4, 4))
+    with pytest.raises(ValueError, match=r"\[0, 255\]. Received: range \[-1.0, 1.0\]"):
+        plotting.query_attention(np.linspace(-1, 1, 64).reshape(8, 8), s, 0, (4, 4), num_prefix_tokens=1)
 
 
 def test_attention_heads():
     s = scores(heads=5)
     fig = plotting.attention_heads(image(), s, 3, (4, 4), num_prefix_tokens=1)
-    assert len(fig.axes) == 5
-    for h, ax in enumerate(fig.axes):
+    assert len(fig.axes) == 7  # the image, 5 heads, one colour bar
+    np.testing.assert_allclose(drawn(fig.axes[0]), image() / 255.0, atol=1e-6)
+    for h, ax in enumerate(fig.axes[1:6]):
         np.testing.assert_allclose(drawn(ax)[::4, ::4], s[0, h, 4, 1:].reshape(4, 4), atol=1e-6)
+        # one scale for every head: a colour is the same weight in each
+        assert ax.images[-1].get_clim() == pytest.approx((s[0, :, 4, 1:].min(), s[0, :, 4, 1:].max()))
 
 
 def test_rollout_overlay():
     rollout = scores(heads=1)[:, 0]  # (2, 17, 17)
     fig = plotting.rollout_overlay(image(), rollout, (4, 4))
-    assert len(fig.axes) == 2
+    assert len(fig.axes) == 3  # the image, the rollout over it, its colour bar
     np.testing.assert_allclose(drawn(fig.axes[1])[::4, ::4], rollout[0, 0, 1:].reshape(4, 4), atol=1e-6)
+    assert fig.axes[2].get_ylabel() == "rollout, class token's row"
     fig = plotting.rollout_overlay(image(), rollout[1, 1:, 1:], (4, 4))  # no class token: mean of rows
     np.testing.assert_allclose(drawn(fig.axes[1])[::4, ::4], rollout[1, 1:, 1:].mean(0).reshape(4, 4), atol=1e-6)
+    assert fig.axes[2].get_ylabel() == "rollout, mean over queries"
     with pytest.raises(ValueError, match=r"shape \(17, 17\), grid_shape=\(3, 3\)"):
         plotting.rollout_overlay(image(), rollout[0], (3, 3))
+    broken = rollout[0].copy()
+    broken[0, 5] = np.nan  # a hole in the drawn row
+    with pytest.raises(ValueError, match="non-finite values. Received: 1 NaN or infinite of 16"):
+        plotting.rollout_overlay(image(), broken, (4, 4))
 
 
 def test_attention_distance():
@@ -120,9 +135,12 @@ def test_attention_distance():
 def test_token_mixing_tiles():
     weights = np.random.default_rng(0).normal(size=(100, 4, 6))
     fig = plotting.token_mixing_tiles(weights)
-    assert len(fig.axes) == 64
-    np.testing.assert_allclose(drawn(fig.axes[10]), weights[10], atol=1e-6)
-    assert len(plotting.token_mixing_tiles(weights[:5]).axes) == 5
+    assert len(fig.axes) == 65  # 64 tiles, one colour bar
+    # each tile on its own scale, said on the colour bar
+    np.testing.assert_allclose(drawn(fig.axes[10]), weights[10] / np.abs(weights[10]).max(), atol=1e-6)
+    assert fig.axes[10].images[0].get_clim() == (-1, 1)
+    assert fig.axes[-1].get_ylabel() == "weight / the tile's max |weight|"
+    assert len(plotting.token_mixing_tiles(weights[:5]).axes) == 6
     with pytest.raises(ValueError, match=r"Received: shape \(4, 6\)"):
         plotting.token_mixing_tiles(weights[0])
 
@@ -150,9 +168,23 @@ def test_write_attention_figures_vit(vit, tmp_path):
     paths = visualize.write_attention_figures(vit, image(), tmp_path, head=1, query=(0, 3), animate=True, dpi=30)
     assert written(paths) == sorted(PATCH_NAMES + ATTENTION_NAMES + ["query_attention.gif"])
     assert all(os.path.isfile(p) for p in paths)
-    assert PIL.open(tmp_path / "query_attention.png").size == (120, 120)  # 4 x 4 inches at 30 dpi
+    assert PIL.open(tmp_path / "query_attention.png").size == (210, 102)  # 7 x 3.4 inches at 30 dpi
     gif = PIL.open(tmp_path / "query_attention.gif")
     assert gif.n_frames == 16  # one frame per patch
+    assert gif.size == (144, 76)  # the image, the heat map and its colour bar: 6 x 3.2 inches at 24 dpi
+
+
+def test_written_attention_map_of_near_uniform_attention(tmp_path):
+    # the demo's case: every weight near 1/17, which a colour scale from 0 drew as one colour
+    keras.utils.set_random_seed(3)
+    model = ViT(**SMALL, num_layers=1, num_heads=2)
+    for variable in model.get_layer("block_0").weights:
+        if variable.path.endswith("qkv/kernel"):
+            variable.assign(variable * 0.2)  # queries and keys 5x smaller: logits 25x smaller
+    visualize.write_attention_figures(model, image(), tmp_path, dpi=30)
+    pixels = plt.imread(tmp_path / "attention_map.png")[:, :100, :3]  # left of the colour bar
+    position = colour_map_positions(pixels, "viridis", tolerance=0.02)
+    assert np.percentile(position, 95) - np.percentile(position, 5) > 0.3  # 0.04 with the scale from 0
 
 
 def test_write_attention_figures_resizes_with_a_warning(vit, tmp_path):
@@ -198,3 +230,91 @@ def test_write_attention_figures_conv_mixer(tmp_path):
     with pytest.warns(UserWarning, match="no attention and no MixerBlock"):
         paths = visualize.write_attention_figures(model, image(), tmp_path, dpi=20)
     assert written(paths) == ["patches.png"]
+
+
+def rendered(fig, drawn_image, path):
+    """The RGB of `drawn_image` (an AxesImage of `fig`) in the saved PNG, read back at the
+    centre of each of its data pixels: what a reader of the file sees."""
+    fig.savefig(path, dpi=fig.dpi)
+    pixels = plt.imread(path)[..., :3]
+    box = drawn_image.get_window_extent()  # display pixels, from the bottom left
+    rows, cols = drawn_image.get_array().shape[:2]
+    ys = box.ymax - (np.arange(rows) + 0.5) * box.height / rows  # row 0 at the top
+    xs = box.xmin + (np.arange(cols) + 0.5) * box.width / cols
+    return pixels[(pixels.shape[0] - ys).astype(int)][:, xs.astype(int)]
+
+
+def colour_map_positions(pixels, cmap, tolerance=1.0):
+    """Where each RGB pixel sits on the colour map `cmap`, in [0, 1], read back from its
+    colour; pixels further than `tolerance` (L1) from every colour of the map are dropped."""
+    lut = plt.get_cmap(cmap)(np.linspace(0, 1, 256))[:, :3]
+    distance = np.abs(np.reshape(pixels, (-1, 1, 3)) - lut).sum(-1)
+    return distance.argmin(-1)[distance.min(-1) < tolerance] / 255.0
+
+
+def test_attention_map_colours_span_a_small_spread(tmp_path):
+    # softmax weights of 64 tokens: 0.015 +- 0.001; a colour scale from 0 drew them as one colour
+    s = 0.015 + 0.001 * np.random.default_rng(0).standard_normal((1, 2, 17, 17))
+    fig = plotting.attention_map(s)
+    heat = fig.axes[0].images[0]
+    assert heat.get_clim() == pytest.approx((s[0].mean(0).min(), s[0].mean(0).max()))
+    pixels = rendered(fig, heat, tmp_path / "map.png")
+    position = colour_map_positions(pixels, heat.cmap.name)
+    assert position.max() - position.min() > 0.95  # 0.26 with the scale from 0
+    assert position.std() > 0.12  # 0.04 with the scale from 0
+    flat = plotting.attention_map(np.full((5, 5), 0.2))  # one value: one colour, the value on the bar
+    low, high = flat.axes[0].images[0].get_clim()
+    assert low < 0.2 < high and high - low == pytest.approx(4e-4)
+
+
+def test_overlay_keeps_the_image_visible(tmp_path):
+    img = image(seed=1)[..., 0]  # gray, so the rendered pixels compare with it directly
+    heat = scores(batch=1, heads=1) ** 3  # a strong spread in the heat map
+    fig = plotting.query_attention(img, heat, (0, 0), (4, 4), num_prefix_tokens=1)
+    left, right = fig.axes[:2]
+    # the image panel is the image itself, pixel for pixel (8-bit PNG)
+    np.testing.assert_allclose(rendered(fig, left.images[0], tmp_path / "q.png")[..., 0], img / 255.0, atol=0.01)
+    # under the heat map, each patch has one heat colour: what varies within a patch is the
+    # image, at (1 - alpha) of its contrast
+    over = rendered(fig, right.images[-1], tmp_path / "q.png").mean(-1)
+    patches = lambda a: a.reshape(4, 4, 4, 4).transpose(0, 2, 1, 3).reshape(16, 16)  # noqa: E731
+    seen, source = patches(over), patches(img / 255.0)
+    seen, source = seen - seen.mean(1, keepdims=True), source - source.mean(1, keepdims=True)
+    assert np.corrcoef(seen.ravel(), source.ravel())[0, 1] > 0.95
+    assert np.linalg.lstsq(source.reshape(-1, 1), seen.ravel(), rcond=None)[0][0] > 0.45  # 0.4 under alpha 0.6
+
+
+def heat_figures():
+    s, img = scores(), image()
+    labels = np.random.default_rng(0).integers(0, 30, 300)
+    return {
+        "attention_map": lambda: plotting.attention_map(s),
+        "query_attention": lambda: plotting.query_attention(img, s, 5, (4, 4), num_prefix_tokens=1),
+        "attention_heads": lambda: plotting.attention_heads(img, s, 5, (4, 4), num_prefix_tokens=1),
+        "rollout_overlay": lambda: plotting.rollout_overlay(img, s[:, 0], (4, 4)),
+        "token_mixing_tiles": lambda: plotting.token_mixing_tiles(s[0, :, 1:, 1:].reshape(-1, 4, 4)),
+        "confusion_matrix": lambda: plotting.confusion_matrix(labels, labels[::-1], [str(i) for i in range(30)]),
+    }
+
+
+@pytest.mark.parametrize("name", sorted(heat_figures()))
+def test_every_heat_map_has_a_colour_bar(name):
+    fig = heat_figures()[name]()
+    bars = [im.colorbar for ax in fig.axes for im in ax.images if im.colorbar is not None]
+    assert len(bars) == 1 and bars[0].ax in fig.axes and bars[0].ax.get_ylabel()
+    heat_maps = [im for ax in fig.axes for im in ax.images if im.cmap.name != "gray"]
+    assert heat_maps
+    for im in heat_maps:  # every heat map reads off that bar: same colours, same range
+        assert (im.cmap.name, im.get_clim()) == (bars[0].mappable.cmap.name, bars[0].mappable.get_clim())
+
+
+def test_confusion_matrix_counts_and_refuses_other_labels():
+    fig = plotting.confusion_matrix([0, 1, 1, 2], np.array([0.0, 1.0, 2.0, 2.0]), ["a", "b", "c"])
+    np.testing.assert_array_equal(fig.matrix, [[1, 0, 0], [0, 1, 1], [0, 0, 1]])
+    assert fig.axes[0].images[0].get_clim() == (0, 1)
+    with pytest.raises(ValueError, match=r"`labels` must be class indices in \[0, 2\]. Received: dtype int64, range \[-1, 2\]"):
+        plotting.confusion_matrix([-1, 2], [0, 1], ["a", "b", "c"])  # -1 was counted in the last class
+    with pytest.raises(ValueError, match=r"`predictions` must be class indices.*range \[0.5, 0.5\]"):
+        plotting.confusion_matrix([0], [0.5], ["a", "b", "c"])
+    with pytest.raises(ValueError, match="Received: 2 labels, 1 predictions"):
+        plotting.confusion_matrix([0, 1], [0], ["a", "b", "c"])

@@ -7,6 +7,11 @@ confusion matrix) and `attention` (patch grid, attention maps, rollout, attentio
 distance, token-mixing weights); `charts` draws plain log-log curves and labelled points
 for `keras_vitmix.cost` (`cost.cost_curves`, `cost.speed_accuracy`); `base` holds what
 they all share.
+
+Every heat map has a colour bar and a colour scale fitted to the values drawn (or a
+stated fixed range: a confusion matrix from 0 images, token-mixing tiles from -1 to 1 of
+each tile's largest weight); an overlay puts the image in full beside the heat map and
+under it in gray at half strength, so that neither hides the other.
 """
 
 from keras_vitmix.plotting.attention import (

@@ -11,7 +11,7 @@ import re
 
 import numpy as np
 
-from keras_vitmix.plotting.base import as_image, grid_figure, overlay, pyplot
+from keras_vitmix.plotting.base import as_image, grid_figure, heat_limits, image_and_heat, overlay, pyplot, show_image
 
 
 def block_order(names):
@@ -120,7 +120,9 @@ def attention_map(scores, layer=-1, head=None, sample=0):
         sample: index in the batch.
 
     Returns:
-        A Figure with two axes: the map (rows: queries, columns: keys), its colorbar.
+        A Figure with two axes: the map (rows: queries, columns: keys), its colour bar.
+        The colours span the map's own min to max: softmax weights of 64 tokens sit
+        near 1/64, and a scale from 0 would draw them as one flat colour.
 
     Example:
 
@@ -128,7 +130,8 @@ def attention_map(scores, layer=-1, head=None, sample=0):
     """
     matrix = pick_head(layer_heads(scores, layer, sample), head)
     fig, ax = pyplot().subplots(figsize=(5, 4.2), constrained_layout=True)
-    fig.colorbar(ax.imshow(matrix, cmap="viridis", vmin=0), ax=ax, label="attention weight")
+    low, high = heat_limits(matrix)
+    fig.colorbar(ax.imshow(matrix, cmap="viridis", vmin=low, vmax=high), ax=ax, label="attention weight")
     ax.set_xlabel("key token")
     ax.set_ylabel("query token")
     label = "mean of heads" if head is None else f"head {head}"
@@ -150,8 +153,9 @@ def query_attention(image, scores, query, grid_shape, head=None, num_prefix_toke
         layer: the layer when `scores` holds several.
 
     Returns:
-        A Figure with one axis: the image, the heat map upsampled to its size, and the
-        query patch outlined.
+        A Figure with three axes: the image in full with the query patch outlined; the
+        heat map (upsampled to the image, colours fitted to its min and max) over the
+        image in gray at half strength; the heat map's colour bar.
 
     Example:
 
@@ -159,9 +163,9 @@ def query_attention(image, scores, query, grid_shape, head=None, num_prefix_toke
     """
     query = query_index(query, grid_shape)
     heat = pick_head(query_maps(layer_heads(scores, layer), grid_shape, num_prefix_tokens)[:, query], head)
-    fig, ax = pyplot().subplots(figsize=(4, 4), constrained_layout=True)
+    fig, axes = pyplot().subplots(1, 2, figsize=(7, 3.4), constrained_layout=True)
     label = "mean of heads" if head is None else f"head {head}"
-    overlay(ax, as_image(image), heat, query, grid_shape, f"query patch {query}, {label}")
+    image_and_heat(axes, as_image(image), heat, "attention weight", query, grid_shape, f"query patch {query}, {label}")
     return fig
 
 
@@ -173,7 +177,9 @@ def attention_heads(image, scores, query, grid_shape, num_prefix_tokens=0, layer
             `query_attention`.
 
     Returns:
-        A Figure with one axis per head.
+        A Figure with the image in full (query patch outlined), one axis per head, and
+        one colour bar: the heads share a colour scale fitted to their min and max, so
+        that a colour means the same weight in every head.
 
     Example:
 
@@ -181,9 +187,12 @@ def attention_heads(image, scores, query, grid_shape, num_prefix_tokens=0, layer
     """
     query = query_index(query, grid_shape)
     maps = query_maps(layer_heads(scores, layer), grid_shape, num_prefix_tokens)[:, query]
-    fig, axes = grid_figure(len(maps), 4, tile=2.4)
-    for h, (ax, heat) in enumerate(zip(axes, maps)):
-        overlay(ax, as_image(image), heat, query, grid_shape, f"head {h}")
+    image, limits = as_image(image), heat_limits(maps)
+    fig, axes = grid_figure(1 + len(maps), 4, tile=2.4)
+    show_image(axes[0], image, query, grid_shape, f"image, query patch {query}")
+    for h, (ax, heat) in enumerate(zip(axes[1:], maps)):
+        drawn = overlay(ax, image, heat, limits, query, grid_shape, f"head {h}")
+    fig.colorbar(drawn, ax=list(axes), label="attention weight (all heads)", shrink=0.8)
     return fig
 
 
@@ -199,7 +208,8 @@ def rollout_overlay(image, rollout, grid_shape, sample=0):
         sample: index in the batch.
 
     Returns:
-        A Figure with two axes: the image, the rollout over it.
+        A Figure with three axes: the image in full, the rollout over it (colours fitted
+        to its min and max), the rollout's colour bar.
 
     Example:
 
@@ -211,13 +221,11 @@ def rollout_overlay(image, rollout, grid_shape, sample=0):
     if rollout.ndim != 2 or tokens - h * w not in (0, 1):
         raise ValueError(f"`rollout` must be (B, N, N) or (N, N) with N = h * w [+ 1]. "
                          f"Received: shape {rollout.shape}, grid_shape={tuple(grid_shape)}")
-    heat = rollout[0, 1:] if tokens == h * w + 1 else rollout.mean(axis=0)
-    fig, (left, right) = pyplot().subplots(1, 2, figsize=(7, 3.6), constrained_layout=True)
-    image = as_image(image)
-    left.imshow(image, cmap="gray")
-    left.set_title("image", fontsize=9)
-    left.axis("off")
-    overlay(right, image, heat.reshape(h, w), title="attention rollout")
+    cls = tokens == h * w + 1
+    heat = rollout[0, 1:] if cls else rollout.mean(axis=0)
+    fig, axes = pyplot().subplots(1, 2, figsize=(7, 3.4), constrained_layout=True)
+    label = "rollout, class token's row" if cls else "rollout, mean over queries"
+    image_and_heat(axes, as_image(image), heat.reshape(h, w), label, title="attention rollout")
     return fig
 
 
@@ -257,7 +265,9 @@ def token_mixing_tiles(weights, max_tiles=64):
         max_tiles: int, at most this many units are drawn (the first ones).
 
     Returns:
-        A Figure with min(units, max_tiles) axes; red positive, blue negative.
+        A Figure with min(units, max_tiles) axes and one colour bar. Each tile is divided
+        by its own max |weight| (red +1, blue -1) so that every unit's pattern shows,
+        whatever its scale; the colour bar says so.
 
     Example:
 
@@ -267,9 +277,11 @@ def token_mixing_tiles(weights, max_tiles=64):
     if weights.ndim != 3:
         raise ValueError(f"`weights` must be (units, h, w). Received: shape {weights.shape}")
     weights = weights[:max_tiles]
+    heat_limits(weights)  # refuses NaN and infinity
+    scale = np.maximum(np.abs(weights).max(axis=(1, 2), keepdims=True), 1e-12)
     fig, axes = grid_figure(len(weights), int(np.ceil(np.sqrt(len(weights)))), tile=0.9)
-    for ax, tile in zip(axes, weights):
-        limit = max(float(np.abs(tile).max()), 1e-12)
-        ax.imshow(tile, cmap="RdBu_r", vmin=-limit, vmax=limit)
+    for ax, tile in zip(axes, weights / scale):
+        drawn = ax.imshow(tile, cmap="RdBu_r", vmin=-1, vmax=1)
         ax.axis("off")
+    fig.colorbar(drawn, ax=list(axes), label="weight / the tile's max |weight|", shrink=0.8)
     return fig

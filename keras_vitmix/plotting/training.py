@@ -32,6 +32,17 @@ def training_curves(history):
     return fig
 
 
+def class_indices(values, name, num_classes):
+    """`values` as int class indices in [0, num_classes); anything else is refused, since
+    counting with np.add.at would put a -1 in the last class without a word."""
+    values = np.asarray(values).ravel()
+    if values.size and not (np.issubdtype(values.dtype, np.number) and np.array_equal(values, np.round(values))
+                            and 0 <= values.min() <= values.max() < num_classes):
+        raise ValueError(f"`{name}` must be class indices in [0, {num_classes - 1}]. "
+                         f"Received: dtype {values.dtype}, range [{values.min()}, {values.max()}]")
+    return values.astype(int)
+
+
 def confusion_matrix(labels, predictions, class_names):
     """A confusion matrix (rows: true class, columns: predicted), counts in each cell.
 
@@ -41,17 +52,21 @@ def confusion_matrix(labels, predictions, class_names):
         class_names: sequence of names, in label order.
 
     Returns:
-        A Figure with one axis.
+        A Figure with two axes: the matrix, coloured from 0 to its largest count, and its
+        colour bar (past 20 classes the cells carry no numbers, so the colours must).
     """
-    labels = np.asarray(labels).astype(int)
-    predictions = np.asarray(predictions).astype(int)
     n = len(class_names)
+    labels, predictions = class_indices(labels, "labels", n), class_indices(predictions, "predictions", n)
+    if len(labels) != len(predictions):
+        raise ValueError(f"`labels` and `predictions` must have the same length. "
+                         f"Received: {len(labels)} labels, {len(predictions)} predictions")
     matrix = np.zeros((n, n), dtype=int)
     np.add.at(matrix, (labels, predictions), 1)
     plt = pyplot()
     size = max(4.0, 0.45 * n + 2)
     fig, ax = plt.subplots(figsize=(size, size), constrained_layout=True)
-    ax.imshow(matrix, cmap="Blues")
+    fig.colorbar(ax.imshow(matrix, cmap="Blues", vmin=0, vmax=max(1, matrix.max())), ax=ax, label="images",
+                 shrink=0.8)
     ax.set_xticks(range(n), class_names, rotation=45, ha="right")
     ax.set_yticks(range(n), class_names)
     ax.set_xlabel("predicted")
