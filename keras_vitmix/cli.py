@@ -1,108 +1,32 @@
-"""The `keras-vitmix` command: list, train, evaluate, visualize and export models.
+"""The `keras-vitmix` command: list, train, evaluate, predict with, visualize and export models.
 
-`keras-vitmix` enters through `keras_vitmix_cli`, which prepares the process before this
-package (and Keras) is imported: the backend, quiet TensorFlow start-up, the allocator.
-`main` here parses and runs one command; called in a process where Keras already runs
-another backend than `--backend`, it runs the command again in a fresh process.
+`keras-vitmix` enters through `keras_vitmix_cli`, which holds the argument parser and the
+model catalogue (both free of Keras, so `--help` and `models` start fast) and prepares the
+process before this package (and Keras) is imported: the backend, quiet TensorFlow
+start-up, the allocator. `main` here parses and runs one command; called in a process
+where Keras already runs another backend than `--backend`, it runs the command again in a
+fresh process.
 """
 
-import argparse
-import functools
 import os
 import sys
 
-BACKENDS = ("tensorflow", "jax", "torch")
-PIPELINES = ("auto", "device", "tf.data")
-
-
-def _parser():
-    # `--backend` is accepted before and after the subcommand. The subcommands' copy (one
-    # Action shared through `parents`) defaults to SUPPRESS, so that it leaves the value
-    # given before the subcommand alone when not given after it.
-    backend = dict(choices=BACKENDS, help="Keras backend (default: KERAS_BACKEND)")
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--backend", default=argparse.SUPPRESS, **backend)
-    parser = argparse.ArgumentParser(prog="keras-vitmix", description=__doc__.splitlines()[0])
-    parser.add_argument("--backend", default=None, **backend)
-    commands = parser.add_subparsers(dest="command", required=True)
-    add = functools.partial(commands.add_parser, parents=[common])
-    models = add("models", help="list the registered model variants")
-    models.add_argument("pattern", nargs="?", default=None, help="glob filter, e.g. 'vit_*'")
-    models.add_argument("--params", action="store_true", help="build each model and count its parameters")
-    _add_train(add)
-    evaluate = add("evaluate", help="accuracy and a confusion matrix of a saved model")
-    evaluate.add_argument("--model", required=True, help="a .keras file, e.g. runs/train/model.keras")
-    evaluate.add_argument("--dataset", default="digits")
-    evaluate.add_argument("--split", choices=("train", "validation", "test"), default="test")
-    evaluate.add_argument("--batch-size", type=int, default=128)
-    evaluate.add_argument("--output", default=None, help="folder for confusion_matrix.png (default: the model's)")
-    visualize = add("visualize", help="attention maps (or Mixer weights) of a saved model")
-    visualize.add_argument("--model", required=True, help="a .keras file, e.g. runs/train/model.keras")
-    visualize.add_argument("--image", default=None, help="an image file; default: a test image of the run's dataset")
-    visualize.add_argument("--layer", default=None, help="block name, e.g. block_0 (default: the last)")
-    visualize.add_argument("--head", type=int, default=None, help="head index (default: mean of heads)")
-    visualize.add_argument("--query", default=None, help="query patch as ROW,COL or an index (default: centre)")
-    visualize.add_argument("--output", default=None, help="folder for the figures (default: <model folder>/attention)")
-    visualize.add_argument("--animate", action="store_true", help="also a GIF stepping the query over all patches")
-    export = add("export", help="a SavedModel or ONNX file of a saved model, for serving")
-    export.add_argument("--model", required=True, help="a .keras file, e.g. runs/train/model.keras")
-    export.add_argument("--output", required=True, help="a directory (tf_saved_model) or a file (onnx)")
-    export.add_argument("--format", choices=("tf_saved_model", "onnx"), default="tf_saved_model")
-    export.add_argument("--image-dtype", choices=("uint8", "float32"), default="uint8", help="dtype of served images")
-    export.add_argument("--batch-size", type=int, default=None, help="a fixed batch size (default: any)")
-    export.add_argument("--opset", type=int, default=None, help="ONNX opset (default: tf2onnx's)")
-    export.add_argument("--overwrite", action="store_true", help="replace an existing export")
-    return parser
-
-
-def _add_train(add):
-    # The choices come from `keras_vitmix.recipes`, which imports only the standard
-    # library; PIPELINES is training.PIPELINES, kept here so parsing starts no training
-    # code (a test keeps the two equal).
-    from keras_vitmix.recipes import AUGMENTATIONS, RECIPES
-
-    recipe = " (default: the recipe's)"
-    train = add("train", help="train a model with a recipe; writes a run folder")
-    train.add_argument("--model", default="hybrid_mixer_vit_cifar_patch4_32", help="registered name or .keras path")
-    train.add_argument("--dataset", default="digits", help="'digits', a TFDS name, or a train/<class>/ folder")
-    train.add_argument("--recipe", choices=RECIPES, default=None,
-                       help="training recipe, docs/recipes.md (default: chosen from the dataset's size)")
-    train.add_argument("--pipeline", choices=PIPELINES, default="auto",
-                       help="device: images held on the accelerator; tf.data: streamed (default: auto, "
-                            "device when the training images fit)")
-    train.add_argument("--epochs", type=int, default=None, help="epochs" + recipe)
-    train.add_argument("--batch-size", type=int, default=None, help="batch size" + recipe)
-    train.add_argument("--image-size", type=int, default=None, help="default: the model's input size")
-    train.add_argument("--learning-rate", type=float, default=None, help="AdamW's peak learning rate" + recipe)
-    train.add_argument("--weight-decay", type=float, default=None, help="AdamW's weight decay" + recipe)
-    train.add_argument("--warmup-epochs", type=int, default=None, help="linear warmup epochs" + recipe)
-    train.add_argument("--label-smoothing", type=float, default=None, help="label smoothing" + recipe)
-    train.add_argument("--augment", choices=AUGMENTATIONS, default=None, help="augmentation policy" + recipe)
-    train.add_argument("--drop-path-rate", type=float, default=None, help="stochastic depth" + recipe)
-    train.add_argument("--test-time-flip", action=argparse.BooleanOptionalAction, default=None,
-                       help="average each test image's prediction with its mirror's, where flips keep labels"
-                            + recipe)
-    train.add_argument("--clipnorm", type=float, default=None,
-                       help="clip the global gradient norm to it; 0: off" + recipe)
-    train.add_argument("--ema", type=float, default=None, metavar="MOMENTUM",
-                       help="validate and keep an exponential moving average of the weights, e.g. 0.999; "
-                            "0: off (default: the recipe's)")
-    train.add_argument("--mixed-precision", action="store_true", help="train under mixed_bfloat16")
-    train.add_argument("--xla", choices=("auto", "on", "off"), default="auto", help="XLA (tensorflow, jax)")
-    train.add_argument("--distribute", choices=("none", "data_parallel"), default="none",
-                       help="data_parallel: tf.data pipeline only")
-    train.add_argument("--output", default="runs/train", help="run folder")
-    train.add_argument("--seed", type=int, default=0)
+from keras_vitmix_cli import listing
+from keras_vitmix_cli.parser import BACKENDS, PIPELINES, build_parser  # noqa: F401  (the command's choices)
 
 
 def _train(args):
     from keras_vitmix import training
 
+    # Given only when given, so that train's own defaults apply otherwise.
+    fractions = {name: getattr(args, name) for name in ("validation_fraction", "test_fraction")
+                 if getattr(args, name) is not None}
     training.train(
         model=args.model,
         dataset=args.dataset,
         recipe=args.recipe,
         pipeline=args.pipeline,
+        **fractions,
         epochs=args.epochs,
         batch_size=args.batch_size,
         image_size=args.image_size,
@@ -127,7 +51,15 @@ def _train(args):
 def _evaluate(args):
     from keras_vitmix import training
 
-    training.evaluate(args.model, args.dataset, args.split, args.batch_size, args.output)
+    training.evaluate(
+        args.model,
+        dataset=args.dataset,
+        split=args.split,
+        batch_size=args.batch_size,
+        output_dir=args.output,
+        test_time_flip=args.test_time_flip,
+        pipeline=args.pipeline,
+    )
     return 0
 
 
@@ -187,21 +119,72 @@ def _visualize(args):
     return 0
 
 
-def _models(args):
-    from keras_vitmix.applications import create_model, list_models, model_info
+def _note(command, message):
+    """A line about a guess the command made (a resize, a softmax), said once."""
+    print(f"keras-vitmix {command}: {message}", file=sys.stderr)
 
-    names = list_models(args.pattern)
-    if not names:
-        print(f"No model matches {args.pattern!r}.", file=sys.stderr)
-        return 1
-    width = max(len(n) for n in names)
-    for name in names:
-        info = model_info(name)
-        params = ""
-        if args.params:
-            params = f"{create_model(name).count_params():>13,d}  "
-        print(f"{name:<{width}}  {info['family'].__name__:<20}  {params}{info['description']}")
+
+def _images_for(model, paths):
+    """The image files as one uint8 batch at the model's input size; a resize is said once."""
+    import numpy as np
+
+    from keras_vitmix import datasets
+    from keras_vitmix.datasets.arrays import read_resized
+
+    size = tuple(model.input_shape[1:3])
+    images, resized = [], []
+    for path in paths:
+        pixels = datasets.read_image(path)
+        if None not in size and pixels.shape[:2] != size:
+            resized.append(f"{path} ({pixels.shape[0]}x{pixels.shape[1]})")
+            pixels = read_resized(path, size)  # bilinear, as load_arrays resizes training images
+        images.append(pixels)
+    if resized:
+        _note("predict", f"resized {len(resized)} of {len(paths)} images to the model's input, "
+                         f"{size[0]}x{size[1]} (height x width), bilinear: {', '.join(resized)}")
+    return np.stack(images)
+
+
+def _class_probabilities(model, images):
+    """The model's class probabilities for `images`, (N, classes) float64; outputs that
+    are not probabilities (logits) go through a softmax, said once."""
+    import numpy as np
+
+    outputs = model.predict(images.astype("float32"), verbose=0)
+    if not isinstance(outputs, np.ndarray) or outputs.ndim != 2:
+        kind = type(outputs).__name__ if not isinstance(outputs, np.ndarray) else f"shape {outputs.shape}"
+        raise ValueError(f"predict needs a model with one output of class scores (batch, classes). "
+                         f"Received: an output of {kind}")
+    scores = outputs.astype("float64")
+    if (scores < 0).any() or not np.allclose(scores.sum(axis=1), 1.0, atol=1e-3):
+        _note("predict", "the model's outputs are not probabilities (logits?): shown after a softmax")
+        scores = np.exp(scores - scores.max(axis=1, keepdims=True))
+        scores /= scores.sum(axis=1, keepdims=True)
+    return scores
+
+
+def _predict(args):
+    from keras_vitmix import saving
+
+    if args.top < 1:
+        raise ValueError(f"--top must be at least 1. Received: --top {args.top}")
+    model = saving.load_model(args.model, compile=False)
+    probabilities = _class_probabilities(model, _images_for(model, args.images))
+    classes = probabilities.shape[1]
+    names = saving.model_metadata(model).get("class_names")
+    if not names or len(names) != classes:
+        why = f"{len(names)} class names for {classes} outputs" if names else "no class names"
+        _note("predict", f"the model {args.model} has {why}: showing class indices")
+        names = [str(index) for index in range(classes)]
+    for path, row in zip(args.images, probabilities):
+        print(path)
+        for index in row.argsort()[::-1][: args.top]:
+            print(f"  {row[index]:8.2%}  {names[index]}")
     return 0
+
+
+def _models(args):
+    return listing.print_models(args.pattern, params=args.params)
 
 
 def _use_backend(backend, argv):
@@ -219,11 +202,12 @@ def _use_backend(backend, argv):
 
 
 def main(argv=None):
-    args = _parser().parse_args(argv)
+    args = build_parser().parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     if args.backend:
         _use_backend(args.backend, argv)
-    commands = {"models": _models, "train": _train, "evaluate": _evaluate, "visualize": _visualize, "export": _export}
+    commands = {"models": _models, "train": _train, "evaluate": _evaluate, "predict": _predict,
+                "visualize": _visualize, "export": _export}
     command = commands[args.command]
     try:
         return command(args)

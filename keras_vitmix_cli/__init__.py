@@ -5,7 +5,9 @@ Importing `keras_vitmix` imports Keras, and under the TensorFlow backend Keras i
 TensorFlow, whose C++ start-up lines (absl's "All log messages before
 absl::InitializeLog()", oneDNN, cudart) go straight to file descriptor 2 whatever
 `TF_CPP_MIN_LOG_LEVEL` says: only code that runs before that import can hold them back,
-hence this small package beside `keras_vitmix` rather than inside it. It sets
+hence this small package beside `keras_vitmix` rather than inside it. It parses the
+arguments with the standard library alone (`parser.py`), so `--help` and `models` (read
+from a static catalogue, `catalog.py`) never import Keras. Otherwise it sets
 `TF_CPP_MIN_LOG_LEVEL=3` (unless set) and the Keras backend named by `--backend`, imports
 the command (and TensorFlow, where the command will need it) with descriptor 2 filtered,
 asks for the allocator tuning of `keras_vitmix.config.tune_malloc` (`KERAS_VITMIX_MALLOC=
@@ -20,9 +22,11 @@ import re
 import sys
 import tempfile
 
-BACKENDS = ("tensorflow", "jax", "torch")
+from keras_vitmix_cli import listing
+from keras_vitmix_cli.parser import BACKENDS, build_parser  # noqa: F401  (BACKENDS: the public copy)
+
 # Commands that never import TensorFlow unless it is the Keras backend.
-_WITHOUT_TENSORFLOW = ("models",)
+_WITHOUT_TENSORFLOW = ("models", "predict")
 # glog-style lines ("I0000 00:00:1796410050.560654    5868 port.cc:153] ...") and the
 # banner absl prints before its first one.
 _NATIVE_LOG = re.compile(r"([IWEF])\d{4} [\d:.]+ +\d+ [^ \]]+:\d+\] ")
@@ -67,33 +71,22 @@ def filtered_native_stderr():
             sys.stderr.flush()
 
 
-def _backend_and_command(argv):
-    """`--backend`'s value and the subcommand in `argv`, read before argparse (whose parser
-    lives in `keras_vitmix.cli`, behind the import this module must precede)."""
-    backend, command, values = None, None, iter(argv)
-    for arg in values:
-        if arg == "--":
-            break
-        if arg == "--backend":
-            backend = next(values, None)
-        elif arg.startswith("--backend="):
-            backend = arg.partition("=")[2]
-        elif command is None and not arg.startswith("-"):
-            command = arg
-    return backend, command
-
-
 def main(argv=None):
-    """Runs `keras-vitmix` with `argv` (default: `sys.argv[1:]`); returns the exit status."""
+    """Runs `keras-vitmix` with `argv` (default: `sys.argv[1:]`); returns the exit status.
+
+    Arguments are parsed first, with the standard library only: `--help` and bad
+    arguments exit, and `models` prints, before Keras or a backend is imported."""
     argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser().parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    backend, command = _backend_and_command(argv)
-    if backend in BACKENDS:  # anything else is argparse's to refuse
-        os.environ["KERAS_BACKEND"] = backend
+    if args.backend:
+        os.environ["KERAS_BACKEND"] = args.backend
+    if args.command == "models" and not args.params:
+        return listing.print_models(args.pattern)
     with filtered_native_stderr():
         from keras_vitmix import cli, config
 
-        wants = command is not None and command not in _WITHOUT_TENSORFLOW
+        wants = args.command not in _WITHOUT_TENSORFLOW
         if wants and "tensorflow" not in sys.modules and importlib.util.find_spec("tensorflow"):
             import tensorflow  # noqa: F401  (datasets, training and export read through tf.data)
     try:

@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 
 import keras_vitmix_cli
-from keras_vitmix import augmentation, cli, config, recipes, training
+from keras_vitmix import applications, augmentation, cli, config, recipes, training
 from keras_vitmix.applications import ViT
+from keras_vitmix_cli import parser as cli_parser
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # What TensorFlow's C++ side prints at start-up: absl's banner, then glog-style lines.
@@ -37,10 +38,17 @@ def run(tmp_path_factory):
 def test_models_lists_the_registry(capsys):
     assert cli.main(["models", "seed_*"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
-    assert [line.split()[0] for line in lines] == [
+    assert lines[0].split("  ")[0] == "name" and "timm weights" in lines[0] and lines[0].endswith("description")
+    assert [line.split()[0] for line in lines[1:]] == [
         "seed_convmixer", "seed_convmixer_mixer", "seed_mixer", "seed_mixer_mixer_vit", "seed_vit",
     ]
     assert cli.main(["models", "nothing_*"]) == 1
+
+
+def test_models_params_counts_the_built_models(capsys):
+    assert cli.main(["models", "seed_vit", "--params"]) == 0
+    row = capsys.readouterr().out.splitlines()[1].split()
+    assert row[:5] == ["seed_vit", "ViT", f"{applications.create_model('seed_vit').count_params():,}", "72x72", "no"]
 
 
 def test_train_writes_the_run_folder(run):
@@ -71,7 +79,28 @@ def test_train_options_default_to_the_recipe(monkeypatch):
         "recipe": "cifar", "pipeline": "tf.data", "augment": "medium", "test_time_flip": False,
         "drop_path_rate": 0.2, "clipnorm": 0.0, "ema_momentum": False,
     }
-    assert cli.PIPELINES == training.PIPELINES and recipes.AUGMENTATIONS == augmentation.AUGMENTATIONS
+    assert "validation_fraction" not in received[1] and "test_fraction" not in received[1]  # train's defaults
+    assert cli.main(["train", "--validation-fraction", "0.2", "--test-fraction", "0.1"]) == 0
+    assert (received[2]["validation_fraction"], received[2]["test_fraction"]) == (0.2, 0.1)
+
+
+def test_the_parser_s_copies_equal_the_library_s_choices():
+    assert cli_parser.PIPELINES == training.PIPELINES
+    assert cli_parser.RECIPES == recipes.RECIPES and cli_parser.AUGMENTATIONS == recipes.AUGMENTATIONS
+    assert recipes.AUGMENTATIONS == augmentation.AUGMENTATIONS
+    assert cli_parser.BACKENDS == keras_vitmix_cli.BACKENDS == ("tensorflow", "jax", "torch")
+
+
+def test_evaluate_passes_none_for_what_the_run_decides(monkeypatch):
+    received = []
+    monkeypatch.setattr(training, "evaluate", lambda *args, **kwargs: received.append((args, kwargs)))
+    assert cli.main(["evaluate", "--model", "m.keras"]) == 0
+    assert received[0] == (("m.keras",), dict(dataset=None, split=None, batch_size=None, output_dir=None,
+                                              test_time_flip=None, pipeline=None))
+    assert cli.main(["evaluate", "--model", "m.keras", "--dataset", "cifar10", "--split", "validation",
+                     "--no-test-time-flip", "--pipeline", "device", "--batch-size", "32", "--output", "o"]) == 0
+    assert received[1][1] == dict(dataset="cifar10", split="validation", batch_size=32, output_dir="o",
+                                  test_time_flip=False, pipeline="device")
 
 
 @pytest.mark.parametrize("option", ["--pipeline", "--recipe", "--augment"])
@@ -126,19 +155,19 @@ def test_visualize_refuses_a_non_image(run, tmp_path, capsys):
     (tmp_path / "notes.png").write_text("not an image")
     assert cli.main(["visualize", "--model", str(run / "model.keras"), "--image", str(tmp_path / "notes.png")]) == 2
     error = capsys.readouterr().err
-    assert "Not a complete JPEG, PNG, BMP or GIF image" in error and "notes.png" in error
+    assert "JPEG, PNG, BMP or GIF image" in error and "notes.png" in error
     assert cli.main(["visualize", "--model", str(run / "model.keras"), "--head", "7", "--output", str(tmp_path)]) == 2
     assert "head" in capsys.readouterr().err
 
 
 def test_backend_goes_before_or_after_the_command():
-    parser = cli._parser()
+    parser = cli_parser.build_parser()
     before = parser.parse_args(["--backend", "torch", "train", "--epochs", "2"])
     after = parser.parse_args(["train", "--epochs", "2", "--backend", "torch"])
     assert vars(before) == vars(after) and after.backend == "torch"
     assert parser.parse_args(["models"]).backend is None
     assert parser.parse_args(["--backend", "jax", "models", "--backend", "torch"]).backend == "torch"
-    assert keras_vitmix_cli._backend_and_command(["models", "--backend=jax", "vit_*"]) == ("jax", "models")
+    assert parser.parse_args(["models", "--backend=jax", "vit_*"]).backend == "jax"
 
 
 def test_native_log_lines_below_the_level_are_held_back(capfd, monkeypatch):
@@ -163,9 +192,9 @@ def test_the_command_tunes_malloc_and_picks_the_backend(monkeypatch, capsys):
     monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "3")
     monkeypatch.setenv("KERAS_BACKEND", "neither")
     backend = keras.backend.backend()
-    assert keras_vitmix_cli.main(["models", "seed_vit", "--backend", backend]) == 0
+    assert keras_vitmix_cli.main(["predict", "--model", "missing.keras", "a.png", "--backend", backend]) == 2
     assert calls == [True] and os.environ["KERAS_BACKEND"] == backend
-    assert capsys.readouterr().out.startswith("seed_vit")
+    assert "No such model file" in capsys.readouterr().err
 
 
 @pytest.mark.slow
@@ -175,10 +204,10 @@ def test_tensorflow_starts_quietly(environment, arguments):
     command's stderr holds none of TensorFlow's C++ start-up lines."""
     env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
     env.update(KERAS_BACKEND=environment, PYTHONPATH=REPO)
-    command = [sys.executable, "-m", "keras_vitmix_cli", "models", "seed_vit", *arguments]
+    command = [sys.executable, "-m", "keras_vitmix_cli", "models", "seed_vit", "--params", *arguments]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.startswith("seed_vit") and not START_UP.search(done.stderr), done.stderr[-2000:]
+    assert done.stdout.splitlines()[1].startswith("seed_vit") and not START_UP.search(done.stderr), done.stderr[-2000:]
 
 
 @pytest.mark.slow
