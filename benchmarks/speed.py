@@ -9,6 +9,10 @@ median time and the median of per-run ratios (ours ÷ reference: below 1 is fast
 Also: parameters, FLOPs per image (`keras_vitmix.flops`, 2 × MACs), the peak resident
 memory our model added to the process while it ran alone, and the FLOP/s reached.
 
+timm comes with the `[weights]` extra and keras-hub with `[benchmarks]`; a reference whose
+package is not installed is skipped, its columns left empty ("–"), and the run says so in
+one line.
+
 Each worker owns its process, so it opts in to keras_vitmix's allocator tuning
 (`keras_vitmix.config.tune_malloc()`, as the `keras-vitmix` command does; process-wide,
 so timm and keras-hub run with it too; `KERAS_VITMIX_MALLOC=system` refuses it). The
@@ -20,6 +24,7 @@ table replaces the speed section of benchmarks/RESULTS.md (`--no-record`: print 
 """
 
 import argparse
+import importlib.util
 import os
 import resource
 import statistics
@@ -37,8 +42,26 @@ MODELS = {
     "hybrid_mixer_vit_cifar_patch4_32": (None, {}),
     "hybrid_convmixer_mixer_cifar_patch2_32": (None, {}),
 }
+# The references: column name -> the package that provides it.
+REFERENCES = {"timm": "timm", "keras-hub": "keras_hub"}
 # timm's ConvMixer arguments for its registered names (ReLU, as both libraries' 768/32).
 TIMM_CONVMIXER = {"convmixer_768_32": dict(dim=768, kernel_size=7, patch_size=7)}
+
+
+def missing_references():
+    """The references (of `REFERENCES`) whose package is not installed here."""
+    return [name for name, module in REFERENCES.items() if importlib.util.find_spec(module) is None]
+
+
+def missing_note(missing):
+    """One line saying which columns stay empty, or None."""
+    if not missing:
+        return None
+    packages = " and ".join(REFERENCES[name] for name in missing)
+    columns = " and ".join(f"÷{name}" for name in missing)
+    verb = "is" if len(missing) == 1 else "are"
+    return (f"speed.py: {packages} {verb} not installed, so the {columns} columns are left empty (–); "
+            "pip install -e '.[benchmarks]' adds them.")
 
 
 def parse(argv):
@@ -157,7 +180,7 @@ def worker(args):
     if args.no_fast_routes is not None:  # the flag alone: every route
         config.set_fast_routes(False, routes=args.no_fast_routes or None)
 
-    rows = []
+    rows, missing = [], missing_references()
     for name in args.models:
         timm_name, overrides = MODELS[name]
         before = peak_rss_mb()
@@ -166,9 +189,9 @@ def worker(args):
             fn()
         memory = peak_rss_mb() - before
         references = {}
-        if timm_name:
+        if timm_name and "timm" not in missing:
             references["timm"] = timm_runners(timm_name, overrides, args.batch_size, model.input_shape[1])
-        if name.startswith("vit_"):
+        if name.startswith("vit_") and "keras-hub" not in missing:
             references["keras-hub"] = keras_hub_runners(model, args.batch_size, jit_compile(args))
         row = dict(backend=keras.backend.backend(), model=name, depth=overrides.get("num_layers"),
                    params=model.count_params(), flops=count_flops(model)["flops"], peak_mb=memory,
@@ -214,6 +237,9 @@ def main(argv=None):
         if args.worker == "jax":
             config.tune_xla_cpu()  # as the keras-vitmix command does; before JAX computes
         return worker(args)
+    note = missing_note(missing_references())  # the workers skip the same references
+    if note:
+        print(note, file=sys.stderr)
     rows = run_backends(__file__, args.backends, argv, lambda rows: format_table(rows, args.batch_size))
     if rows and not args.no_record:
         tuned = all(row.get("malloc_tuned") for row in rows)
@@ -223,7 +249,8 @@ def main(argv=None):
             "reference, below 1 = we are faster). timm runs PyTorch eager in the same process; keras-hub "
             "runs under the same backend. malloc: "
             + ("tuned in each worker (`keras_vitmix.config.tune_malloc()`; process-wide, so the references run "
-               "with it too)." if tuned else "glibc's defaults (not tuned in every worker)."),
+               "with it too)." if tuned else "glibc's defaults (not tuned in every worker).")
+            + (f" {note.partition(': ')[2]}" if note else ""),
             [format_table(rows, args.batch_size)],
         )
 
