@@ -15,7 +15,7 @@ DEMO_BACKEND ?= jax
 $(STAMP): pyproject.toml requirements/constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check -c requirements/constraints.txt -e ".[dev]" 2>&1 | grep -v "is ignored: it is neither" || true
-	$(PY) -c "import keras, tensorflow, jax, torch, keras_vitmix"
+	@out=$$($(PY) -c "import keras, tensorflow, jax, torch, keras_vitmix" 2>&1) || { echo "$$out"; echo "the install check failed: $(PY) -c 'import keras, tensorflow, jax, torch, keras_vitmix'"; exit 1; }
 	touch $(STAMP)
 
 install: $(STAMP)
