@@ -8,10 +8,17 @@ import numpy as np
 import pytest
 
 from keras_vitmix import datasets
+from keras_vitmix.datasets import files
 
 SHARED = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-train-jpeg.tar.gz"
 CIFAR_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 PER_CLASS = 20
+
+
+@pytest.fixture(autouse=True)
+def _cache_in_tmp(tmp_path, monkeypatch):
+    """No test writes to ~/.cache (decoded arrays, the marks of checked files)."""
+    monkeypatch.setenv(files.CACHE_ENV, str(tmp_path / "default-cache"))
 
 
 def collect(ds):
@@ -111,21 +118,22 @@ def test_strong_augmentation_mixes_labels():
 def test_folder_of_cifar_jpegs(cifar_folder):
     ds, info = datasets.load(cifar_folder, "train", batch_size=50, shuffle=False)
     train_images, train_labels = collect(ds)
-    val_ds, val_info = datasets.load(cifar_folder, "validation", batch_size=50)
+    val_ds, _ = datasets.load(cifar_folder, "validation", batch_size=50)
     val_images, val_labels = collect(val_ds)
     assert info.class_names == CIFAR_CLASSES and info.source == "folder"
     assert info.image_shape == (32, 32, 3)
-    assert len(train_labels) == 10 * (PER_CLASS - 2) and len(val_labels) == 10 * 2
+    assert len(train_labels) == 10 * (PER_CLASS - 4) and len(val_labels) == 10 * 2
     assert np.bincount(val_labels).tolist() == [2] * 10
-    # Held out: no validation image is among the training images.
-    train_set = {img.tobytes() for img in train_images.astype(np.uint8)}
-    assert not any(img.tobytes() in train_set for img in val_images.astype(np.uint8))
+    test_ds, test_info = datasets.load(cifar_folder, "test", batch_size=50, shuffle=False)
+    test_images, test_labels = collect(test_ds)
+    assert np.bincount(test_labels).tolist() == [2] * 10 and test_info.num_examples == 20
+    assert "disjoint from validation" in test_info.note and "seed 0" in test_info.note
+    # Held out: no image is in two splits.
+    sets = [{img.tobytes() for img in images.astype(np.uint8)} for images in (train_images, val_images, test_images)]
+    assert sum(map(len, sets)) == len(set.union(*sets)) == 10 * PER_CLASS
     # The split depends on the seed.
     other = collect(datasets.load(cifar_folder, "validation", batch_size=50, seed=1, shuffle=False)[0])[0]
     assert {i.tobytes() for i in other.astype(np.uint8)} != {i.tobytes() for i in val_images.astype(np.uint8)}
-    test_ds, test_info = datasets.load(cifar_folder, "test", batch_size=50, shuffle=False)
-    assert "validation hold-out" in test_info.note
-    assert test_info.num_examples == val_info.num_examples
 
 
 def test_folder_training_stream_mixes_classes_past_the_shuffle_buffer(cifar_folder, monkeypatch):
@@ -157,16 +165,15 @@ def test_list_folder_gives_the_files_load_reads(cifar_folder):
     names the images of each split that `load` yields, labels included."""
     from PIL import Image
 
-    for split in ("train", "validation"):
+    for split in datasets.SPLITS:
         paths, labels, classes, note = datasets.list_folder(cifar_folder, split, seed=0)
         images, loaded_labels = collect(datasets.load(cifar_folder, split, batch_size=50, shuffle=False)[0])
         assert classes == CIFAR_CLASSES and "train/" in note
         np.testing.assert_array_equal(loaded_labels, labels)
         decoded = np.stack([np.asarray(Image.open(p).convert("RGB"), np.float32) for p in paths])
         assert np.abs(decoded - images).mean() < 1.0  # PIL's and TensorFlow's JPEG decoders
-    train = set(datasets.list_folder(cifar_folder, "train")[0])
-    held = set(datasets.list_folder(cifar_folder, "validation")[0])
-    assert not train & held and len(train | held) == 10 * PER_CLASS
+    train, held, test = (set(datasets.list_folder(cifar_folder, split)[0]) for split in datasets.SPLITS)
+    assert not train & held and not test & (train | held) and len(train | held | test) == 10 * PER_CLASS
     with pytest.raises(ValueError, match="split='val'"):
         datasets.list_folder(cifar_folder, "val")
 
@@ -243,6 +250,8 @@ def test_resolve_falls_back_only_when_unavailable(monkeypatch, capsys):
         (dict(split="dev"), "Received: split='dev'"),
         (dict(image_size=(32,)), r"Received: image_size=\(32,\)"),
         (dict(augment="heavy"), "Received: augment='heavy'"),
+        (dict(test_fraction=-0.1), "Received: test_fraction=-0.1"),
+        (dict(test_fraction=0.5, validation_fraction=0.5), "Received: validation_fraction=0.5, test_fraction=0.5"),
     ],
 )
 def test_bad_arguments(kwargs, match):
@@ -263,8 +272,10 @@ def test_bad_folders(tmp_path):
     corrupt = tmp_path / "corrupt" / "train" / "cat"
     corrupt.mkdir(parents=True)
     (corrupt / "0.jpg").write_bytes(b"this is not a jpeg")
-    with pytest.raises(ValueError, match="0.jpg"):
+    with pytest.raises(ValueError, match="holds no images"):  # a class of one image: all validation
         datasets.load(tmp_path / "corrupt")
+    with pytest.raises(ValueError, match=r"0.jpg: Not a JPEG, PNG, BMP or GIF image \(corrupt file\? it starts with"):
+        datasets.load(tmp_path / "corrupt", "validation")
 
 
 def test_a_truncated_or_corrupt_image_is_named(cifar_folder, tmp_path):

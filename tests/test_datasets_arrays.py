@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from keras_vitmix import datasets
-from keras_vitmix.datasets import arrays
+from keras_vitmix.datasets import arrays, files
 from tests.test_datasets import CIFAR_CLASSES, PER_CLASS, cifar_folder, collect  # noqa: F401 (a fixture)
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -92,7 +92,7 @@ def test_digits_and_folders_load_without_tensorflow(cifar_folder, tmp_path):
     report = json.loads(next(line for line in run.stdout.splitlines() if line.startswith("REPORT"))[6:])
     assert report["blocked"] and not report["imported"], report
     assert report["digits"] == [180, 32, 32, 3] and report["digit_classes"] == 10
-    assert report["folder"] == [10 * (PER_CLASS - 2), 32, 32, 3]
+    assert report["folder"] == [10 * (PER_CLASS - 4), 32, 32, 3]
     assert report["folder_labels"] == datasets.list_folder(cifar_folder, "train")[1]
 
 
@@ -123,7 +123,8 @@ def test_folder_arrays_are_the_pipelines_images(cifar_folder, tmp_path):
 
 def test_a_decoded_folder_is_cached_until_a_file_changes(cifar_folder, tmp_path, monkeypatch):
     first = datasets.load_arrays(cifar_folder, "validation", cache_dir=tmp_path)
-    assert [p.suffix for p in tmp_path.iterdir()] == [".npz"]  # written whole: no temporary left
+    # Written whole, no temporary left; with the mark that the files decode (for `load`).
+    assert sorted(p.suffix for p in tmp_path.iterdir()) == [".checked", ".npz"]
 
     def no_decoding(*args, **kwargs):
         raise AssertionError("decoded again instead of reading the cache")
@@ -134,7 +135,7 @@ def test_a_decoded_folder_is_cached_until_a_file_changes(cifar_folder, tmp_path,
     np.testing.assert_array_equal(again[1], first[1])
     assert again[2] == first[2]
     # Another split, seed or size, or a touched file, is another cache entry.
-    for kwargs in (dict(split="train"), dict(seed=1), dict(image_size=16)):
+    for kwargs in (dict(split="train"), dict(seed=1), dict(image_size=16), dict(test_fraction=0.2)):
         with pytest.raises(AssertionError, match="decoded again"):
             datasets.load_arrays(cifar_folder, **{"split": "validation", **kwargs}, cache_dir=tmp_path)
     touched = datasets.list_folder(cifar_folder, "validation")[0][0]
@@ -154,28 +155,35 @@ def test_a_decoded_folder_is_cached_until_a_file_changes(cifar_folder, tmp_path,
 
 def test_an_unreadable_cache_is_decoded_again(cifar_folder, tmp_path):
     images = datasets.load_arrays(cifar_folder, "validation", cache_dir=tmp_path)[0]
-    (cache,) = tmp_path.iterdir()
+    (cache,) = tmp_path.glob("*.npz")
     cache.write_bytes(b"PK\x03\x04 cut short")
     np.testing.assert_array_equal(datasets.load_arrays(cifar_folder, "validation", cache_dir=tmp_path)[0], images)
     assert np.load(cache)["images"].shape == images.shape  # rewritten whole
 
 
 @pytest.mark.slow
-def test_worker_processes_decode_and_name_a_corrupt_file(cifar_folder, tmp_path, monkeypatch, capsys):
+def test_worker_processes_decode_and_name_every_corrupt_file(cifar_folder, tmp_path, monkeypatch, capsys):
     """Past the first chunk, files go to spawned workers when the rest would take longer
-    than `POOL_SECONDS` (here always): same pixels, and a file cut short is named."""
-    monkeypatch.setattr(arrays, "POOL_SECONDS", 0.0)
-    monkeypatch.setattr(arrays, "CHUNKSIZE", 64)
-    monkeypatch.setattr(arrays, "PROGRESS_FILES", 100)
+    than `POOL_SECONDS` (here always): same pixels, progress as plain lines (stderr is
+    not a terminal here), and files cut short, here and in the workers, all named."""
+    monkeypatch.setattr(files, "POOL_SECONDS", 0.0)
+    monkeypatch.setattr(files, "CHUNKSIZE", 64)
+    monkeypatch.setattr(files, "PROGRESS_FILES", 100)
     paths = datasets.list_folder(cifar_folder, "train")[0]
     images = arrays.decode_files(paths)
     np.testing.assert_array_equal(images, np.stack([datasets.read_image(p) for p in paths]))
-    assert f"{len(paths)}/{len(paths)}" in capsys.readouterr().out  # the progress bar
-    cut = tmp_path / "cut.jpg"
-    cut.write_bytes(pathlib.Path(paths[150]).read_bytes()[:300])
-    with pytest.raises(ValueError, match=re.escape(str(cut))) as info:
-        arrays.decode_files(paths[:150] + [str(cut)] + paths[150:])
-    assert "Not a complete JPEG" in str(info.value)
+    err = capsys.readouterr().err
+    assert f"Decoding the files: {len(paths)} files...\n" in err and f"{len(paths)}/{len(paths)} files in" in err
+    assert "\r" not in err and "\x1b" not in err
+    cuts = []
+    for i in (10, 100, 150):  # one decoded here, two in the workers
+        cuts.append(tmp_path / f"cut{i}.jpg")
+        cuts[-1].write_bytes(pathlib.Path(paths[i]).read_bytes()[:300])
+    with pytest.raises(ValueError) as info:
+        arrays.decode_files(paths[:10] + [str(cuts[0])] + paths[10:99] + [str(cuts[1])] + paths[99:] + [str(cuts[2])])
+    message = str(info.value)
+    assert message.startswith(f"3 of the {len(paths) + 3} image files of the files cannot be decoded")
+    assert all(f"{cut}: Not a complete JPEG" in message for cut in cuts), message
 
 
 def test_a_corrupt_file_in_a_folder_is_named(cifar_folder, tmp_path):
@@ -210,6 +218,7 @@ def test_tfds_arrays_through_mock_data():
         (dict(split="dev"), "Received: split='dev'"),
         (dict(image_size=(32,)), r"Received: image_size=\(32,\)"),
         (dict(validation_fraction=1.5), "Received: validation_fraction=1.5"),
+        (dict(test_fraction=1.0), "Received: test_fraction=1.0"),
     ],
 )
 def test_load_arrays_refuses_what_load_refuses(kwargs, match):
@@ -292,10 +301,12 @@ def test_split_arrays_holds_out_each_class_with_the_seed():
 
 
 def test_split_arrays_follows_a_folders_hold_out(cifar_folder):
-    """The rule `list_folder` applies to train/: the same seed holds out the same files."""
-    paths = sorted(datasets.list_folder(cifar_folder, "train")[0] + datasets.list_folder(cifar_folder, "validation")[0])
+    """The rule `list_folder` applies to train/: the same seed holds out the same files
+    as validation, with a test split held out or not (test_fraction=0)."""
+    paths = sorted(sum((datasets.list_folder(cifar_folder, split)[0] for split in datasets.SPLITS), []))
     labels = [CIFAR_CLASSES.index(pathlib.Path(p).parent.name) for p in paths]
     for seed in (0, 3):
         (train, _), (held, _) = datasets.split_arrays(np.array(paths), labels, seed=seed)
-        assert held.tolist() == datasets.list_folder(cifar_folder, "validation", seed=seed)[0]
-        assert train.tolist() == datasets.list_folder(cifar_folder, "train", seed=seed)[0]
+        for test_fraction in (0.0, 0.1):
+            assert held.tolist() == datasets.list_folder(cifar_folder, "validation", seed, 0.1, test_fraction)[0]
+        assert train.tolist() == datasets.list_folder(cifar_folder, "train", seed=seed, test_fraction=0)[0]

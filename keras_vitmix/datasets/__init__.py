@@ -7,8 +7,14 @@ Every source yields batches of (images, labels): float32 pixel values in [0, 255
 float labels when "strong" augmentation mixes images). Pipelines run in TensorFlow's
 tf.data whatever the Keras backend; Keras preprocessing layers work inside them.
 
+Three splits, named as what they are: "train", "validation" (model selection) and
+"test" (disjoint from both, never selected on); a source without a test split holds one
+out of its training data (`test_fraction`), or gives an empty one whose info says why.
+
 The modules, one responsibility each: `info` (split names, `DatasetInfo`), `folders`
-(which files make a folder's split, reading one image; no TensorFlow), `sources`
+(which files make a folder's split, reading one image; no TensorFlow), `files` (many
+files decoded or checked at once, every bad one named; no TensorFlow), `progress`
+(progress on a terminal, plain lines elsewhere), `sources`
 (digits, folder and TFDS decoded into tf.data), `pipeline` (`load`, `resolve`:
 batching, shuffling, augmentation) and `arrays` (`load_arrays`: every source as uint8
 NumPy arrays, a folder decoded once and cached; `check_arrays`, `array_info` and

@@ -2,22 +2,219 @@
 which files make each split, and how one file is read.
 
 Everything here is plain Python, NumPy and Pillow: a folder's split is the same whether
-tf.data streams it (`keras_vitmix.datasets.load`) or a benchmark reads it into NumPy, and
-a bad file is named before any pipeline runs. A file whose first bytes are not an image
-header is refused while listing; a file that is cut short or corrupt further in is found
-when it is decoded, and `read_image` says which file it was.
+tf.data streams it (`keras_vitmix.datasets.load`) or `load_arrays` decodes it into NumPy.
+
+The three splits are disjoint and follow from (seed, fractions) alone. With a `test/`
+folder, test is that folder and validation is held out of `train/`. Without one, each
+class of `train/`, in label order, is shuffled by one `np.random.RandomState(seed)`; its
+last `max(1, round(n * validation_fraction))` files are validation, the
+`max(1, round(n * test_fraction))` before them test, the rest train. Validation is the
+hold-out a two-way split makes (`split_arrays`, `test_fraction=0`), so holding out a test
+split moves no validation image. Where a class is too small to give train, validation
+and test one file each, no class gives test: the test split is empty and its note says
+why (a test score on a handful of images, or on the validation images, would mislead).
+
+Listing reads names only; whether every file decodes is checked where a split is
+loaded (`keras_vitmix.datasets.files`), which names every bad file at once.
 """
 
+import dataclasses
 import pathlib
 
 import numpy as np
 
-from keras_vitmix.datasets.info import check_split
+from keras_vitmix.datasets.info import DatasetInfo, check_fractions, check_split, percent
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 # The first bytes of each accepted image format.
 _MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"BM", b"GIF87a", b"GIF89a")
 _FORMATS = "JPEG, PNG, BMP or GIF"
+
+
+@dataclasses.dataclass(frozen=True)
+class FolderSplit:
+    """One split of a folder: its files and labels, and how it was made."""
+
+    root: str
+    split: str
+    paths: list
+    labels: list
+    class_names: tuple
+    note: str
+    sample: str  # a file of the split (of train/ for an empty split): the default image size
+    seed: int
+    validation_fraction: float
+    test_fraction: float  # None: the test/ folder; 0.0: no test split
+
+    def info(self, image_shape):
+        """The split's `DatasetInfo`, its images shaped `image_shape`."""
+        return DatasetInfo(
+            name=self.root, split=self.split, class_names=self.class_names, num_classes=len(self.class_names),
+            num_examples=len(self.paths), image_shape=tuple(image_shape), source="folder", note=self.note,
+            validation_fraction=self.validation_fraction, test_fraction=self.test_fraction, seed=self.seed,
+        )
+
+
+def list_folder(root, split="train", seed=0, validation_fraction=0.1, test_fraction=0.1):
+    """The image files and labels of a folder's split, as `load` reads them (no TensorFlow).
+
+    Args:
+        root: a folder with `train/<class>/*.jpg|png` and optionally `test/<class>/`.
+        split: "train", "validation" or "test".
+        seed: int, shuffles each class before the hold-outs.
+        validation_fraction: float in (0, 1), the part of each class of `train/` held
+            out as validation.
+        test_fraction: float in [0, 1), the part of each class of `train/` held out as
+            test (disjoint from validation) when there is no `test/` folder; 0 holds
+            out none. Ignored with a `test/` folder.
+
+    Returns:
+        `(paths, labels, class_names, note)`: lists of file paths and int labels, the
+        class names in label order (sorted folder names), and how the split was made.
+        The test split is empty (its note says why) when `test_fraction` is 0 or a
+        class of `train/` is too small to give train, validation and test a file each.
+    """
+    part = folder_split(root, split, seed, validation_fraction, test_fraction)
+    return part.paths, part.labels, part.class_names, part.note
+
+
+def folder_split(root, split="train", seed=0, validation_fraction=0.1, test_fraction=0.1):
+    """`list_folder`'s split as a `FolderSplit` (which also makes its `DatasetInfo`)."""
+    check_split(split)
+    check_fractions(validation_fraction, test_fraction)
+    root = pathlib.Path(root)
+    if not (root / "train").is_dir():
+        raise ValueError(
+            f"Expected a folder with train/<class>/*.jpg|png (and optionally test/). Received: {root!s}"
+        )
+    classes = [p.name for p in class_folders(root / "train")]
+    files = {}
+    for name in classes:
+        files[name] = image_files(root / "train" / name)
+        if not files[name]:
+            raise ValueError(f"Class folder {root / 'train' / name} holds no .jpg/.png images.")
+    has_test_folder = (root / "test").is_dir()
+    reason = "" if has_test_folder else _no_test_reason(files, validation_fraction, test_fraction)
+    held_test = 0.0 if has_test_folder or reason else test_fraction
+    if split == "test" and has_test_folder:
+        paths, labels = _test_folder(root / "test", classes)
+    else:
+        paths, labels = _hold_out(files, classes, seed, validation_fraction, held_test)[split]
+    return FolderSplit(
+        root=str(root), split=split, paths=paths, labels=labels, class_names=tuple(classes),
+        note=_note(split, seed, validation_fraction, test_fraction, has_test_folder, reason),
+        sample=paths[0] if paths else files[classes[0]][0], seed=seed, validation_fraction=validation_fraction,
+        test_fraction=None if has_test_folder else held_test,
+    )
+
+
+def hold_out_sizes(count, validation_fraction, test_fraction=0.0):
+    """(validation, test) files held out of a class of `count`: each at least one (test
+    none when `test_fraction` is 0)."""
+    validation = max(1, int(round(count * validation_fraction)))
+    test = max(1, int(round(count * test_fraction))) if test_fraction else 0
+    return validation, test
+
+
+def require_images(part):
+    """Raises unless the split holds images (an empty test split is allowed: its note says why)."""
+    if not part.paths and part.split != "test":
+        raise ValueError(
+            f"The {part.split!r} split of {part.root} holds no images (each class of train/ gives at least one "
+            "image to validation: a class of one image gives train none)."
+        )
+
+
+def _no_test_reason(files, validation_fraction, test_fraction):
+    """Why the folder gives no test split, or "" when it gives one."""
+    if not test_fraction:
+        return "test_fraction=0, so no test images are held out of train/"
+    for name, paths in files.items():
+        validation, test = hold_out_sizes(len(paths), validation_fraction, test_fraction)
+        if len(paths) - validation - test < 1:
+            return (
+                f"class {name!r} of train/ has {len(paths)} image{'s' * (len(paths) != 1)}, too few to give train, "
+                f"validation and test one each (validation_fraction={validation_fraction}, "
+                f"test_fraction={test_fraction}); add images, or a test/ folder"
+            )
+    return ""
+
+
+def _hold_out(files, classes, seed, validation_fraction, test_fraction):
+    """{split: (paths, labels)} of train/: per class, seeded, the last files held out."""
+    rng = np.random.RandomState(seed)
+    parts = {split: ([], []) for split in ("train", "validation", "test")}
+    for label, name in enumerate(classes):
+        count = len(files[name])
+        order = rng.permutation(count)
+        validation, test = hold_out_sizes(count, validation_fraction, test_fraction)
+        chosen = {
+            "train": order[: count - validation - test],
+            "test": order[count - validation - test: count - validation],
+            "validation": order[count - validation:],
+        }
+        for split, indices in chosen.items():
+            parts[split][0].extend(files[name][i] for i in sorted(indices))
+            parts[split][1].extend([label] * len(indices))
+    return parts
+
+
+def _note(split, seed, validation_fraction, test_fraction, has_test_folder, reason):
+    """How the split was made, in words (for an empty test split: why it is empty)."""
+    held = f"{percent(validation_fraction)} of each class, seed {seed}"
+    if has_test_folder:
+        notes = {
+            "train": f"train/ minus the validation hold-out ({held})",
+            "validation": f"held out of train/: {held}; test is the test/ folder",
+            "test": "test/ folder",
+        }
+    elif reason:
+        notes = {
+            "train": f"train/ minus the validation hold-out ({held}); no test split: {reason}",
+            "validation": f"held out of train/: {held}; no test split: {reason}",
+            "test": reason,
+        }
+    else:
+        notes = {
+            "train": f"train/ minus the validation and test hold-outs ({percent(validation_fraction)} and "
+                     f"{percent(test_fraction)} of each class, seed {seed})",
+            "validation": f"held out of train/: {held}, disjoint from test",
+            "test": f"held out of train/: {percent(test_fraction)} of each class, seed {seed}, "
+                    "disjoint from validation",
+        }
+    return notes[split]
+
+
+def _test_folder(test_root, classes):
+    """Every file of test/<class>/, labelled by train/'s class order."""
+    test_classes = [p.name for p in class_folders(test_root)]
+    unknown = sorted(set(test_classes) - set(classes))
+    if unknown:
+        raise ValueError(f"test/ has classes that train/ lacks: {unknown}. train/ classes: {classes}")
+    paths, labels = [], []
+    for name in test_classes:
+        files = image_files(test_root / name)
+        paths += files
+        labels += [classes.index(name)] * len(files)
+    return paths, labels
+
+
+def class_folders(root):
+    """The class sub-folders of `root`, sorted by name (the label order)."""
+    folders = sorted(p for p in pathlib.Path(root).iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not folders:
+        raise ValueError(
+            f"The folder has no class sub-folders; expected <folder>/<class>/*.jpg|png. Received: {root!s}"
+        )
+    return folders
+
+
+def image_files(folder):
+    """The image files of one class folder (by suffix), sorted. Their content is checked
+    where a split is loaded, every bad file named at once."""
+    return sorted(
+        str(p) for p in pathlib.Path(folder).iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+    )
 
 
 def read_image(path):
@@ -39,104 +236,32 @@ def read_image(path):
     >>> pixels.shape, pixels.dtype
     ((32, 32, 3), dtype('uint8'))
     """
+    pixels, problem = decode(path)
+    if problem is not None:
+        raise ValueError(f"{problem}. Received: {path}")
+    return pixels
+
+
+def image_problem(path):
+    """None when `path` decodes whole, else what is wrong with it (one line)."""
+    return decode(path, rgb=False)[1]
+
+
+def decode(path, rgb=True):
+    """`(pixels, None)` for a file that decodes whole (pixels None unless `rgb`), else
+    `(None, what is wrong)`: missing, not an image, or truncated or corrupt."""
     from PIL import Image
 
     try:
         with Image.open(path) as image:
             image.load()  # decode every byte now: a truncated file fails here
-            return np.asarray(image.convert("RGB"))
+            return (np.asarray(image.convert("RGB")) if rgb else None), None
     except FileNotFoundError:
-        raise ValueError(f"No such image file. Received: {path}") from None
+        return None, "No such image file"
     except (OSError, SyntaxError, ValueError, EOFError) as error:  # Pillow's ways to say "bad data"
-        raise ValueError(
-            f"Not a complete {_FORMATS} image (truncated or corrupt file?). Received: {path} "
-            f"({type(error).__name__}: {error})"
-        ) from None
-
-
-def class_folders(root):
-    """The class sub-folders of `root`, sorted by name (the label order)."""
-    folders = sorted(p for p in pathlib.Path(root).iterdir() if p.is_dir() and not p.name.startswith("."))
-    if not folders:
-        raise ValueError(
-            f"The folder has no class sub-folders; expected <folder>/<class>/*.jpg|png. Received: {root!s}"
-        )
-    return folders
-
-
-def image_files(folder):
-    """The image files of one class folder, sorted; refuses a file without an image header."""
-    files = sorted(
-        str(p) for p in pathlib.Path(folder).iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-    )
-    for path in files:
         with open(path, "rb") as handle:
             head = handle.read(8)
         if not any(head.startswith(magic) for magic in _MAGIC):
-            raise ValueError(f"Not a {_FORMATS} image (corrupt file?). Received: {path}")
-    return files
-
-
-def list_folder(root, split="train", seed=0, validation_fraction=0.1):
-    """The image files and labels of a folder's split, as `load` reads them (no TensorFlow).
-
-    Args:
-        root: a folder with `train/<class>/*.jpg|png` and optionally `test/<class>/`.
-        split: "train", "validation" or "test"; without `test/`, "validation" and
-            "test" are the same seeded hold-out of `train/`.
-        seed: int, shuffles each class before the hold-out.
-        validation_fraction: float in (0, 1), the part of each class held out.
-
-    Returns:
-        `(paths, labels, class_names, note)`: lists of file paths and int labels, the
-        class names in label order (sorted folder names), and how the split was made.
-    """
-    check_split(split)
-    root = pathlib.Path(root)
-    if not (root / "train").is_dir():
-        raise ValueError(
-            f"Expected a folder with train/<class>/*.jpg|png (and optionally test/). Received: {root!s}"
-        )
-    classes = [p.name for p in class_folders(root / "train")]
-    if split == "test" and (root / "test").is_dir():
-        paths, labels = _test_folder(root / "test", classes)
-        return paths, labels, tuple(classes), "test/ folder"
-    paths, labels = _hold_out(root / "train", classes, split, seed, validation_fraction)
-    note = (
-        f"held out of train/: the last {validation_fraction:.0%} of each class, shuffled with seed {seed}"
-        if split != "train"
-        else f"train/ minus a {validation_fraction:.0%} validation hold-out (seed {seed})"
-    )
-    if split == "test":
-        note = "no test/ folder: the test split is the validation hold-out, " + note
-    return paths, labels, tuple(classes), note
-
-
-def _test_folder(test_root, classes):
-    """Every file of test/<class>/, labelled by train/'s class order."""
-    test_classes = [p.name for p in class_folders(test_root)]
-    unknown = sorted(set(test_classes) - set(classes))
-    if unknown:
-        raise ValueError(f"test/ has classes that train/ lacks: {unknown}. train/ classes: {classes}")
-    paths, labels = [], []
-    for name in test_classes:
-        files = image_files(test_root / name)
-        paths += files
-        labels += [classes.index(name)] * len(files)
-    return paths, labels
-
-
-def _hold_out(train_root, classes, split, seed, validation_fraction):
-    """train/ minus, or (for validation and test) only, a seeded part of each class."""
-    rng = np.random.RandomState(seed)
-    paths, labels = [], []
-    for label, name in enumerate(classes):
-        files = image_files(train_root / name)
-        if not files:
-            raise ValueError(f"Class folder {train_root / name} holds no .jpg/.png images.")
-        order = rng.permutation(len(files))
-        held = max(1, int(round(len(files) * validation_fraction)))
-        keep = order[:-held] if split == "train" else order[-held:]
-        paths += [files[i] for i in sorted(keep)]
-        labels += [label] * len(keep)
-    return paths, labels
+            return None, f"Not a {_FORMATS} image (corrupt file? it starts with {head!r})"
+        detail = str(error).replace(f" '{path}'", "")  # Pillow may quote the path, which the caller names
+        return None, f"Not a complete {_FORMATS} image (truncated or corrupt file? {type(error).__name__}: {detail})"

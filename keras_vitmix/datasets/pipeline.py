@@ -6,7 +6,7 @@ shuffle, batches of float32 pixels, augmentation on the training split, prefetch
 import os
 
 from keras_vitmix.datasets import sources
-from keras_vitmix.datasets.info import DatasetUnavailableError, as_image_size, check_split
+from keras_vitmix.datasets.info import DatasetUnavailableError, as_image_size, check_fractions, check_split
 
 AUGMENTS = (False, True, "none", "light", "medium", "strong")
 # Elements the training shuffle holds (all of a smaller split; a larger folder's file
@@ -23,8 +23,10 @@ def load(
     shuffle=None,
     seed=0,
     validation_fraction=0.1,
+    test_fraction=0.1,
     data_dir=None,
     drop_remainder=False,
+    cache_dir=None,
 ):
     """Loads a split as a batched, prefetched `tf.data.Dataset` of (images, labels).
 
@@ -33,7 +35,9 @@ def load(
             digits, upscaled to 32x32 RGB, no network needed), a TFDS
             image-classification name ("cifar10", "mnist", ...), or a folder in
             `train/<class>/*.jpg|png` layout (optionally with `test/<class>/`).
-        split: "train", "validation" or "test".
+        split: "train", "validation" (for model selection) or "test" (disjoint from
+            both, never to select on; empty where none can be made, the info's
+            `note` saying why).
         image_size: int or (height, width) to resize to; defaults to the source's size
             (32 for digits, the first image's size for a folder).
         batch_size: int >= 1.
@@ -45,16 +49,29 @@ def load(
         shuffle: whether to shuffle; defaults to True for the training split only. A
             folder's file list is then also permuted before it is read (folders
             list their images class by class).
-        seed: int, seeds shuffling, augmentation and a folder's validation split.
+        seed: int, seeds shuffling, augmentation and a folder's hold-outs.
         validation_fraction: float in (0, 1), the part of a folder's (or a TFDS
             dataset's) training data held out as validation when it has none.
+        test_fraction: float in [0, 1), the part of a folder's (or a TFDS dataset's)
+            training data held out as test, disjoint from validation, when it has no
+            test split (a folder without `test/`); 0 makes none. A folder with a
+            class too small to give train, validation and test an image each gets
+            an empty test split. Digits keep their fixed 70/10/20 split.
         data_dir: optional TFDS data directory (default: `TFDS_DATA_DIR` or TFDS's own).
         drop_remainder: drop the last, partial batch when the split holds at least one
             full batch: every batch has one shape, so XLA compiles one step, not two.
             With shuffling, the images left out change from epoch to epoch.
+        cache_dir: where the check of a folder's files is remembered (as in
+            `load_arrays`); defaults to `$KERAS_VITMIX_CACHE` or `~/.cache/keras_vitmix`.
 
     Returns:
         `(dataset, info)`: the `tf.data.Dataset` and a `DatasetInfo`.
+
+    Raises:
+        ValueError: for bad arguments, and for a folder with files that do not decode:
+            every file of the split is decoded once with Pillow before the pipeline is
+            built (remembered in `cache_dir` while the files stay unchanged), and every
+            bad one is named in one error (up to 20, then a count).
 
     Example:
 
@@ -62,18 +79,18 @@ def load(
     >>> info.num_classes, info.image_shape
     (10, (32, 32, 3))
     """
-    _check(split, batch_size, augment, validation_fraction)
+    _check(split, batch_size, augment, validation_fraction, test_fraction)
     image_size = as_image_size(image_size)
     shuffle = split == "train" if shuffle is None else bool(shuffle)
     name = os.fspath(name_or_path)
     if name == "digits":
         ds, info = sources.digits(split, image_size)
     elif os.path.isdir(name):
-        ds, info = sources.folder(name, split, image_size, seed, validation_fraction, shuffle)
+        ds, info = sources.folder(name, split, image_size, seed, validation_fraction, test_fraction, shuffle, cache_dir)
     elif os.path.sep in name or name.startswith("."):
         raise ValueError(f"No such folder. Received: name_or_path={name!r}")
     else:
-        ds, info = sources.tfds(name, split, image_size, validation_fraction, data_dir)
+        ds, info = sources.tfds(name, split, image_size, validation_fraction, test_fraction, data_dir)
     drop_remainder = bool(drop_remainder) and info.num_examples >= batch_size
     return _batches(ds, info, batch_size, augment if split == "train" else False, shuffle, seed, drop_remainder), info
 
@@ -100,16 +117,13 @@ def resolve(name_or_path="cifar10", fallback="digits", data_dir=None):
     return os.fspath(name), info
 
 
-def _check(split, batch_size, augment, validation_fraction):
+def _check(split, batch_size, augment, validation_fraction, test_fraction):
     check_split(split)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"`batch_size` must be an integer >= 1. Received: batch_size={batch_size!r}")
     if augment not in AUGMENTS:
         raise ValueError(f"`augment` must be one of {AUGMENTS}. Received: augment={augment!r}")
-    if not 0.0 < validation_fraction < 1.0:
-        raise ValueError(
-            f"`validation_fraction` must be in (0, 1). Received: validation_fraction={validation_fraction}"
-        )
+    check_fractions(validation_fraction, test_fraction)
 
 
 def _batches(ds, info, batch_size, augment, shuffle, seed, drop_remainder=False):
@@ -117,7 +131,7 @@ def _batches(ds, info, batch_size, augment, shuffle, seed, drop_remainder=False)
 
     ds = ds.cache()  # decoded uint8 images: CIFAR-10's 50,000 are 150 MB
     if shuffle:
-        ds = ds.shuffle(min(info.num_examples, SHUFFLE_BUFFER), seed=seed, reshuffle_each_iteration=True)
+        ds = ds.shuffle(max(1, min(info.num_examples, SHUFFLE_BUFFER)), seed=seed, reshuffle_each_iteration=True)
     ds = ds.batch(batch_size, drop_remainder=drop_remainder)
     ds = ds.map(lambda x, y: (tf.cast(x, tf.float32), y), num_parallel_calls=tf.data.AUTOTUNE)
     from keras_vitmix import augmentation
