@@ -64,8 +64,9 @@ class _Worker:
 def export(keras_path, path, **options):
     """`keras_vitmix._export_writer.write(keras_path, path, **options)` run under TensorFlow.
 
-    `options` are the writer's (format, image_dtype, batch_size, opset), checked by
-    `keras_vitmix.export.export`; `path` is replaced if it exists.
+    `options` are the writer's (format, image_dtype, batch_size, opset, class_names,
+    origin), checked by `keras_vitmix.export.export`; `path` is replaced if it exists.
+    Returns what the writer returns (the served output names, the class names written).
     """
     global _worker
     with _lock:
@@ -74,7 +75,7 @@ def export(keras_path, path, **options):
         # Absolute paths: the worker keeps the working directory it started in.
         reply = _worker.request({"model": os.path.abspath(keras_path), "path": os.path.abspath(path), **options})
     if reply["ok"]:
-        return
+        return reply["result"]
     if reply["type"] == "ValueError":  # bad input, already worded for the user
         raise ValueError(reply["message"])
     raise RuntimeError(f"Exporting under TensorFlow failed:\n{reply['message']}")
@@ -88,8 +89,7 @@ def _serve():
     for line in sys.stdin:
         job = json.loads(line)
         try:
-            _export_writer.write(job.pop("model"), job.pop("path"), **job)
-            reply = {"ok": True}
+            reply = {"ok": True, "result": _export_writer.write(job.pop("model"), job.pop("path"), **job)}
         except ValueError as error:
             reply = {"ok": False, "type": "ValueError", "message": str(error)}
         except Exception:  # reported to the caller with its traceback

@@ -11,6 +11,13 @@ any TensorFlow Serving device (a JAX-native SavedModel embeds XLA code compiled 
 exporting platform) and that tf2onnx can convert (it cannot convert JAX's XLA calls, and
 torch's ONNX exporter cannot take a dynamic batch on Keras models).
 
+Nothing is dropped on the way: an export serves every output of the model, under the
+same names in both formats ("output_0" for a model with one output, a dict's keys, a
+list's layer names), and carries the model's class names (`class_names()` and the asset
+`class_names.txt` in a SavedModel, `metadata_props["class_names"]` in ONNX), so a served
+answer can be read without the training run. A model whose outputs cannot all be named,
+or that cannot reach TensorFlow, is refused with a `ValueError` that says why.
+
 Writing is atomic: the export goes to a temporary path beside `path` and is moved into
 place only once complete, so a failed export never leaves a half-written model behind.
 
@@ -18,12 +25,13 @@ Example:
 
 ```python
 model = keras_vitmix.applications.create_model("vit_cifar_patch4_32", classes=10)
-export(model, "serving/vit/1")                        # SavedModel, serve(uint8 images)
+export(model, "serving/vit/1", class_names=names)     # SavedModel, serve(uint8 images)
 export(model, "vit.onnx", format="onnx")              # ONNX, input "images"
 
 import tensorflow as tf                                # anywhere, no Keras needed
 served = tf.saved_model.load("serving/vit/1")         # keep a reference while serving
 probabilities = served.serve(images_uint8)             # (batch, classes)
+served.class_names()                                   # the names, (classes,) tf.string
 ```
 """
 
@@ -34,7 +42,7 @@ import tempfile
 import keras
 
 from keras_vitmix import _export_worker, _export_writer, saving
-from keras_vitmix._export_writer import ENDPOINT, INPUT_NAME, OUTPUT_NAME  # noqa: F401
+from keras_vitmix._export_writer import CLASS_NAMES, CLASS_NAMES_FILE, ENDPOINT, INPUT_NAME, OUTPUT_NAME  # noqa: F401
 
 FORMATS = ("tf_saved_model", "onnx")
 IMAGE_DTYPES = ("uint8", "float32")
@@ -48,9 +56,10 @@ def export(
     batch_size=None,
     overwrite=False,
     opset=None,
+    class_names=None,
     verbose=True,
 ):
-    """Exports a model for serving, with the signature `serve(images) -> probabilities`.
+    """Exports a model for serving, with the signature `serve(images) -> outputs`.
 
     Args:
         model_or_path: a `keras.Model` taking (batch, height, width, channels) images, or
@@ -66,14 +75,38 @@ def export(
         batch_size: None for any batch size (the default), or a fixed batch size.
         overwrite: bool, whether to replace an existing export at `path`.
         opset: ONNX opset version (default: tf2onnx's). Only for "onnx".
-        verbose: bool, print where the export was written.
+        class_names: list of str, the name of each class in label order, or None (the
+            default) for the "class_names" of the model's metadata
+            (`keras_vitmix.saving.model_metadata`), if any. There must be one per class
+            of the model's class probabilities (its only output, or the output named
+            "probabilities"). A model without such an output (e.g. built with
+            `include_top=False`) exports without its metadata's names.
+        verbose: bool, print what was written where.
 
     Returns:
         `path`.
 
+    Outputs keep their names, in both formats: a model with one output serves
+    "output_0"; a model whose output is a dict serves each entry under its key (e.g.
+    `{"probabilities": ..., "features": ...}`); a list, each under the name of the layer
+    that produces it. An export keeps every output or raises.
+
+    Class names, when there are any: a SavedModel answers `class_names()` (also the
+    signature "class_names", output "output_0"), a (classes,) tf.string tensor read from
+    its asset `assets/class_names.txt`, one name a line; an ONNX model holds them as a
+    JSON list in `metadata_props` under "class_names".
+
     The served model always computes in float32: a model trained under a mixed
     precision policy is rebuilt in float32 with the same weights (ONNX has no bfloat16
     kernels on most runtimes, and neither does CPU serving).
+
+    Raises:
+        ValueError: a bad argument; outputs that cannot all be named (nested, named
+            alike, or named "images"); class names not one per class (both numbers
+            named); a JAX or torch model that does not save as `.keras` or load
+            back under TensorFlow (custom layers without `get_config` or registration).
+        TypeError: `class_names` not a list of str, `model_or_path` neither a model nor
+            a path.
 
     Example:
 
@@ -81,23 +114,43 @@ def export(
     """
     path = os.fspath(path)
     _check_arguments(format, image_dtype, batch_size, opset, path, overwrite)
+    if class_names is not None:
+        class_names = _export_writer.check_class_names(class_names)
     if not isinstance(model_or_path, keras.Model):
         model_or_path = _check_keras_file(model_or_path)
     options = dict(format=format, image_dtype=image_dtype, batch_size=batch_size, opset=opset)
     if keras.backend.backend() == "tensorflow":
-        _export_writer.write(model_or_path, path, **options)
+        written = _export_writer.write(model_or_path, path, class_names=class_names, **options)
+    elif isinstance(model_or_path, keras.Model):
+        written = _export_through_file(model_or_path, path, class_names, options)
     else:
-        if isinstance(model_or_path, keras.Model):
-            _export_writer.check_model(model_or_path, image_dtype)
-            with tempfile.TemporaryDirectory(prefix="keras_vitmix_export_") as scratch:
-                model_or_path.save(os.path.join(scratch, "model.keras"))
-                _export_worker.export(os.path.join(scratch, "model.keras"), path, **options)
-        else:
-            _export_worker.export(model_or_path, path, **options)
+        written = _export_worker.export(model_or_path, path, class_names=class_names, **options)
     if verbose:
         what = "SavedModel" if format == "tf_saved_model" else "ONNX model"
-        print(f"Exported {what} with {ENDPOINT}({INPUT_NAME}: {image_dtype}) to {path}")
+        names = written["class_names"]
+        classes = f" and {len(names)} class names" if names else ""
+        print(
+            f"Exported {what} with {ENDPOINT}({INPUT_NAME}: {image_dtype}) -> "
+            f"{', '.join(written['outputs'])}{classes} to {path}"
+        )
+        if written["note"]:
+            print(written["note"])
     return path
+
+
+def _export_through_file(model, path, class_names, options):
+    """Under JAX and torch: checks `model` here, then has TensorFlow write it from a `.keras` file."""
+    _export_writer.check_model(model, options["image_dtype"])
+    _export_writer.output_names(model)
+    class_names, _ = _export_writer.resolve_class_names(model, class_names)
+    origin = f"model '{model.name}' from the {keras.backend.backend()} backend"
+    with tempfile.TemporaryDirectory(prefix="keras_vitmix_export_") as scratch:
+        file = os.path.join(scratch, "model.keras")
+        try:
+            model.save(file)
+        except Exception as error:  # e.g. a layer built from arguments it cannot write
+            raise _export_writer.not_reloadable(origin, f"it does not save: {_export_writer.short_error(error)}") from error
+        return _export_worker.export(file, path, class_names=class_names, origin=origin, **options)
 
 
 def _check_arguments(format, image_dtype, batch_size, opset, path, overwrite):
