@@ -9,8 +9,11 @@ live in `keras_vitmix.losses` and `keras_vitmix.metrics`, which `import keras_vi
 registers: the `.keras` files of a run reload, compiled, without this module.
 """
 
+import functools
 import json
 import os
+import shutil
+import sys
 import time
 import warnings
 
@@ -18,17 +21,12 @@ import keras
 
 from keras_vitmix import saving
 from keras_vitmix.augmentation import policy_name
+from keras_vitmix.evaluation import evaluate  # noqa: F401  (training.evaluate, as before)
+from keras_vitmix.run_record import closing_line, run_metadata, run_metrics, trained_values
 from keras_vitmix.losses import ClassificationLoss
 from keras_vitmix.metrics import accuracy_metrics
 from keras_vitmix.training_callbacks import EpochTimer, callbacks
-from keras_vitmix.training_data import (
-    PIPELINES,
-    TrainingData,
-    array_batches,
-    build_network,
-    predict_batches,
-    recipe_family,
-)
+from keras_vitmix.training_data import PIPELINES, TrainingData, build_network, recipe_family
 
 # Variables named so are not decayed (LayerNorm/BatchNorm gamma/beta, biases, ...).
 NO_WEIGHT_DECAY = ("bias", "gamma", "beta", "position_embeddings", "class_token", "layer_scale")
@@ -182,6 +180,7 @@ def train(
     test_time_flip=None,
     clipnorm=None,
     validation_fraction=0.1,
+    test_fraction=0.1,
 ):
     """Trains a model on a dataset with a recipe and writes a run folder.
 
@@ -189,19 +188,28 @@ def train(
     (`keras_vitmix.recipes`, docs/recipes.md): `recipe="small"`, `"cifar"` or `"deit"`,
     chosen by default from the training split's size and image side. Arguments given
     explicitly win over the recipe. A run killed part-way resumes at the epoch it reached
-    when called again with the same `output_dir`.
+    when called again with the same `output_dir`; a run that fails before its first
+    epoch leaves no folder it created.
+
+    A run has three splits: `train`, `validation` (picks the checkpoint) and `test`,
+    scored once at the end and never used to select. Where no test split can be had
+    (tiny classes, `test_fraction=0`, a dict of arrays without "test"), the run says so
+    and reports no test score.
 
     Args:
-        model: a registered name, a `keras.Model`, or a `.keras` path.
+        model: a registered name, a `keras.Model`, or a `.keras` path. A given model is
+            trained as it is: architecture options given with it (`drop_path_rate`,
+            `model_overrides`, `mixed_precision`) rebuild it from its config with its
+            weights (and say so), or raise a ValueError where it cannot be rebuilt.
         dataset: "digits", a TFDS name, a folder (see `keras_vitmix.datasets.load`), or
-            in-memory arrays: `(images, labels)` (a seeded `validation_fraction` of each
-            class is held out, and is also the test split) or a dict with "train" and
-            optionally "validation" and "test" entries of `(images, labels)`. Images are
-            uint8 (N, H, W, 3) of the model's input size; labels integers.
+            in-memory arrays: `(images, labels)` (seeded test and validation parts of
+            each class are held out) or a dict with "train" and optionally "validation"
+            and "test" entries of `(images, labels)`. Images are uint8 (N, H, W, 3) of
+            the model's input size; labels integers.
         epochs: int >= 1.
         batch_size: int >= 1. The training split's last, partial batch is dropped, a
             different remainder each epoch, so that the step compiles once.
-        image_size: int; defaults to the model's input size.
+        image_size: int; defaults to the model's input size (a given model's only).
         learning_rate, weight_decay, label_smoothing, clipnorm: the optimizer's (see
             `compile_for_training`); `warmup_epochs` of linear warmup.
         augment: a policy of `keras_vitmix.augmentation.AUGMENTATIONS` ("none",
@@ -212,9 +220,10 @@ def train(
         output_dir: folder for model.keras (best by validation accuracy, the later
             epoch on a tie), last.keras, history.csv, curves.png, metrics.json and the
             resumable backup/.
-        seed: int, seeds initialization, batch order and augmentation.
-        verbose: Keras's fit verbosity ("auto" shows the progress bar).
-        model_overrides: dict of constructor arguments for a registered name.
+        seed: int, seeds initialization, batch order, augmentation and the hold-outs.
+        verbose: Keras's fit verbosity; "auto" is a progress bar on a terminal and one
+            line per epoch otherwise (a piped log gets no control characters).
+        model_overrides: dict of constructor arguments for the model.
         extra_callbacks: more `keras.callbacks.Callback`s.
         ema_momentum: None (the recipe's), False (off), or a float in (0, 1): validate,
             checkpoint and keep an exponential moving average of the weights.
@@ -225,167 +234,157 @@ def train(
             (`device_pipeline.MEMORY_FRACTION` of its memory) and no `distribute`, else
             "tf.data".
         recipe: None (chosen from the data), or a name of `keras_vitmix.recipes.RECIPES`.
-        drop_path_rate: stochastic depth for registered names whose family takes it.
+        drop_path_rate: stochastic depth for registered names whose family takes it
+            (the recipe's by default); given explicitly, it rebuilds a given model.
         test_time_flip: whether validation and the final evaluation average each
             image's prediction with its mirror's (only where flips keep labels).
-        validation_fraction: float in (0, 1): the part held out of a folder, a TFDS
-            dataset or arrays without a validation split.
+        validation_fraction, test_fraction: floats: the parts of each class held out of
+            a folder, a TFDS dataset or arrays that lack those splits (seeded, disjoint);
+            `test_fraction=0`: no test split.
 
     Returns:
         The metrics dict written to metrics.json.
     """
+    args = dict(locals())
+    _check_arguments(args)
+    created = not os.path.exists(output_dir)
+    try:
+        return _train(args)
+    except BaseException:
+        if created and not os.path.exists(os.path.join(output_dir, "last.keras")):
+            shutil.rmtree(output_dir, ignore_errors=True)  # nothing to resume from
+        raise
+
+
+def _check_arguments(args):
     from keras_vitmix import recipes
 
+    epochs = args["epochs"]
     if isinstance(epochs, bool) or (epochs is not None and (not isinstance(epochs, int) or epochs < 1)):
         raise ValueError(f"`epochs` must be an integer >= 1. Received: epochs={epochs!r}")
-    if distribute not in (None, "none", "data_parallel"):
-        raise ValueError(f"`distribute` must be None or 'data_parallel'. Received: distribute={distribute!r}")
-    if pipeline not in PIPELINES:
-        raise ValueError(f"`pipeline` must be one of {PIPELINES}. Received: pipeline={pipeline!r}")
-    if recipe is not None and recipe not in recipes.RECIPES:
-        recipes.get_recipe(recipe)  # the ValueError naming it, with close names
-    if augment is not None:
-        policy_name(augment)  # an unknown name fails before any data is read
-    os.makedirs(output_dir, exist_ok=True)
-    keras.utils.set_random_seed(seed)
-    if isinstance(model, str) and model.endswith(".keras"):
+    if args["distribute"] not in (None, "none", "data_parallel"):
+        raise ValueError(f"`distribute` must be None or 'data_parallel'. Received: distribute={args['distribute']!r}")
+    if args["pipeline"] not in PIPELINES:
+        raise ValueError(f"`pipeline` must be one of {PIPELINES}. Received: pipeline={args['pipeline']!r}")
+    if args["recipe"] is not None and args["recipe"] not in recipes.RECIPES:
+        recipes.get_recipe(args["recipe"])  # the ValueError naming it, with close names
+    if args["augment"] is not None:
+        policy_name(args["augment"])  # an unknown name fails before any data is read
+    for name in ("validation_fraction", "test_fraction"):
+        value = args[name]
+        low_ok = name == "test_fraction"
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0 <= value < 1 if low_ok else 0 < value < 1):
+            raise ValueError(f"`{name}` must be a float in {'[0, 1)' if low_ok else '(0, 1)'}. Received: {name}={value!r}")
+    if args["validation_fraction"] + args["test_fraction"] >= 1:
+        raise ValueError(
+            "The held-out parts leave no training images. Received: validation_fraction="
+            f"{args['validation_fraction']} and test_fraction={args['test_fraction']}"
+        )
+
+
+def _train(args):
+    """`train` after its arguments are checked: data, run description, fit, score, record."""
+    from keras_vitmix import recipes
+
+    keras.utils.set_random_seed(args["seed"])
+    model = args["model"]
+    if isinstance(model, (str, os.PathLike)) and os.fspath(model).endswith(".keras"):
         model = saving.load_model(model, compile=False)
-    data = TrainingData(dataset, image_size, model, seed, validation_fraction, pipeline, distribute)
-    info = data.info
-    chosen = recipes.get_recipe(recipe or recipes.choose_recipe(info.num_examples, info.image_shape), recipe_family(model))
-    given = dict(
-        epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, weight_decay=weight_decay,
-        warmup_epochs=warmup_epochs, label_smoothing=label_smoothing, augment=augment,
-        drop_path_rate=drop_path_rate, ema_momentum=ema_momentum, test_time_flip=test_time_flip, clipnorm=clipnorm,
+    data = TrainingData(
+        args["dataset"], args["image_size"], model, args["seed"], args["validation_fraction"], args["pipeline"],
+        args["distribute"], args["test_fraction"],
     )
-    run = {**chosen.as_dict(), **{k: v for k, v in given.items() if v is not None}}
+    info = data.info
+    chosen = recipes.get_recipe(
+        args["recipe"] or recipes.choose_recipe(info.num_examples, info.image_shape), recipe_family(model)
+    )
+    run = {**_resolve_run(chosen, args, info), "recipe": chosen.name}
+    os.makedirs(args["output_dir"], exist_ok=True)
+    batches = data.training_batches(run["batch_size"], run["augment"], args["seed"])
+    steps = len(batches) if data.pipeline == "device" else max(1, info.num_examples // run["batch_size"])
+    previous_policy = keras.config.dtype_policy()
+    if args["mixed_precision"]:
+        keras.config.set_dtype_policy("mixed_bfloat16")
+    try:
+        with distribution_scope(args["distribute"]):
+            net = build_network(model, data.size, info.num_classes, args["model_overrides"], run["drop_path_rate"],
+                                explicit=_explicit_architecture(args))
+            compile_for_training(
+                net, run["epochs"] * steps, run["learning_rate"], run["weight_decay"], run["warmup_epochs"] * steps,
+                run["label_smoothing"], clipnorm=run["clipnorm"], jit_compile=args["jit_compile"],
+                ema_momentum=run["ema_momentum"],
+            )
+            run.update(trained_values(net))
+            _set_metadata(net, run_metadata(args, data, chosen.name, run))
+            trainer = data.trainer(net, run, args["seed"], args["jit_compile"])
+        output_dir = args["output_dir"]
+        resuming = os.path.isdir(os.path.join(output_dir, "backup"))
+        if not resuming and os.path.exists(os.path.join(output_dir, "history.csv")):
+            os.remove(os.path.join(output_dir, "history.csv"))  # a fresh run: no stale rows
+        run_callbacks = callbacks(
+            output_dir, (*data.callbacks(batches), *args["extra_callbacks"]), ema=run["ema_momentum"] is not None
+        )
+        start = time.perf_counter()
+        trainer.fit(
+            batches, validation_data=data.validation(run["batch_size"]), epochs=run["epochs"],
+            callbacks=run_callbacks, verbose=fit_verbosity(args["verbose"]), shuffle=False,
+        )
+        wall = time.perf_counter() - start
+        best = saving.load_model(os.path.join(output_dir, "model.keras"))
+        score = functools.partial(data.score, best, run["batch_size"], run["test_time_flip"], run["label_smoothing"])
+        scores = {split: score(split=split) for split in ("validation", "test") if split != "test" or data.has_test}
+    finally:
+        keras.config.set_dtype_policy(previous_policy)
+        if args["distribute"] and keras.backend.backend() == "jax":
+            keras.distribution.set_distribution(None)
+    times = next(c for c in run_callbacks if isinstance(c, EpochTimer)).times
+    seen = min(info.num_examples, steps * run["batch_size"])  # training images per epoch
+    metrics = run_metrics(net, data, scores, times, wall, resuming, seen, run)
+    metrics.update(metadata=run_metadata(args, data, chosen.name, run))
+    write_json(os.path.join(output_dir, "metrics.json"), metrics)
+    print(closing_line(metrics, info.name, data.pipeline, chosen.name, output_dir))
+    return metrics
+
+
+def _resolve_run(chosen, args, info):
+    """The recipe's row with what the caller gave explicitly put over it."""
+    names = (
+        "epochs", "batch_size", "learning_rate", "weight_decay", "warmup_epochs", "label_smoothing", "augment",
+        "drop_path_rate", "ema_momentum", "test_time_flip", "clipnorm",
+    )
+    run = {**chosen.as_dict(), **{k: args[k] for k in names if args[k] is not None}}
     run["ema_momentum"] = run["ema_momentum"] or None  # False: off
     run["augment"] = policy_name(run["augment"])
     run["test_time_flip"] = bool(run["test_time_flip"]) and info.flip_invariant
     if isinstance(run["batch_size"], bool) or not isinstance(run["batch_size"], int) or run["batch_size"] < 1:
         raise ValueError(f"`batch_size` must be an integer >= 1. Received: batch_size={run['batch_size']!r}")
-    batches = data.training_batches(run["batch_size"], run["augment"], seed)
-    steps = len(batches) if data.pipeline == "device" else max(1, info.num_examples // run["batch_size"])
-    previous_policy = keras.config.dtype_policy()
-    if mixed_precision:
-        keras.config.set_dtype_policy("mixed_bfloat16")
-    try:
-        with distribution_scope(distribute):
-            net = build_network(model, data.size, info.num_classes, model_overrides, run["drop_path_rate"])
-            compile_for_training(
-                net, run["epochs"] * steps, run["learning_rate"], run["weight_decay"], run["warmup_epochs"] * steps,
-                run["label_smoothing"], clipnorm=run["clipnorm"], jit_compile=jit_compile,
-                ema_momentum=run["ema_momentum"],
-            )
-            trainer = data.trainer(net, run, seed, jit_compile)
-        resuming = os.path.isdir(os.path.join(output_dir, "backup"))
-        if not resuming and os.path.exists(os.path.join(output_dir, "history.csv")):
-            os.remove(os.path.join(output_dir, "history.csv"))  # a fresh run: no stale rows
-        run_callbacks = callbacks(output_dir, (*data.callbacks(batches), *extra_callbacks), ema=run["ema_momentum"] is not None)
-        start = time.perf_counter()
-        trainer.fit(
-            batches, validation_data=data.validation(run["batch_size"]), epochs=run["epochs"],
-            callbacks=run_callbacks, verbose=verbose, shuffle=False,
-        )
-        wall = time.perf_counter() - start
-        best = saving.load_model(os.path.join(output_dir, "model.keras"))
-        scores = data.score(best, run["batch_size"], run["test_time_flip"], run["label_smoothing"])
-    finally:
-        keras.config.set_dtype_policy(previous_policy)
-        if distribute and keras.backend.backend() == "jax":
-            keras.distribution.set_distribution(None)
-    times = next(c for c in run_callbacks if isinstance(c, EpochTimer)).times
-    seen = min(info.num_examples, steps * run["batch_size"])  # training images per epoch
-    metrics = _run_metrics(
-        net, info, data.test_info, scores, times, wall, resuming, data.size, run["batch_size"], run["epochs"], seen
-    )
-    metrics.update(
-        pipeline=data.pipeline, recipe=chosen.name, mixed_precision=bool(mixed_precision),
-        **{k: run[k] for k in ("learning_rate", "weight_decay", "warmup_epochs", "label_smoothing", "augment",
-                               "drop_path_rate", "ema_momentum", "test_time_flip", "clipnorm")},
-    )
-    write_json(os.path.join(output_dir, "metrics.json"), metrics)
-    print(
-        f"{metrics['model']} on {info.name}: test accuracy {metrics['test_accuracy']:.2%} "
-        f"({data.test_info.num_examples} images), {metrics['parameters']:,} parameters, {run['epochs']} epochs, "
-        f"{metrics['seconds_per_epoch']:.1f} s/epoch, {metrics['images_per_second'] or 0:.0f} images/s "
-        f"({data.pipeline} pipeline, recipe {chosen.name!r}) -> {output_dir}"
-    )
-    return metrics
+    return run
 
 
-def _run_metrics(net, info, test_info, scores, times, wall, resumed, size, batch_size, epochs, seen):
-    per_epoch = sum(times) / max(1, len(times))
-    metrics = {
-        "model": net.name,
-        "family": type(net).__name__,
-        "dataset": info.name,
-        "backend": keras.backend.backend(),
-        "test_split": test_info.note,
-        "test_examples": test_info.num_examples,
-        "test_accuracy": float(scores["accuracy"]),
-        "test_loss": float(scores["loss"]),
-        "parameters": int(net.count_params()),
-        "epochs": epochs,
-        "epochs_run_now": len(times),
-        "resumed": resumed,
-        "image_size": list(size),
-        "batch_size": batch_size,
-        "seconds_per_epoch": per_epoch,
-        "images_per_second": seen / per_epoch if per_epoch else None,
-        "wall_seconds": wall,
-    }
-    if "top5" in scores:
-        metrics["test_top5"] = float(scores["top5"])
-    return metrics
+def _explicit_architecture(args):
+    """The architecture options the caller gave explicitly: they rebuild a given model."""
+    explicit = dict(args["model_overrides"] or {})
+    if args["drop_path_rate"] is not None:
+        explicit["drop_path_rate"] = args["drop_path_rate"]
+    if args["image_size"] is not None:
+        explicit["image_size"] = args["image_size"]
+    if args["mixed_precision"]:
+        explicit["dtype"] = "mixed_bfloat16"
+    return explicit
 
 
-def evaluate(model, dataset, split="test", batch_size=128, output_dir=None, test_time_flip=False):
-    """Accuracy of a saved model on a dataset split, and a confusion-matrix PNG.
+def fit_verbosity(verbose):
+    """Keras's `verbose` for `fit`: "auto" is the progress bar (1) on a terminal and one
+    line per epoch (2) otherwise, since a bar's carriage returns and colour codes turn a
+    piped log into noise."""
+    if verbose != "auto":
+        return verbose
+    stream = sys.stdout
+    return 1 if stream is not None and hasattr(stream, "isatty") and stream.isatty() else 2
 
-    Args:
-        model: a `.keras` path or a `keras.Model`.
-        dataset: "digits", a TFDS name or a folder. Read through tf.data where TensorFlow
-            is installed, else into memory (`datasets.load_arrays`).
-        split: "train", "validation" or "test".
-        batch_size: int >= 1.
-        output_dir: where to write confusion_matrix.png (default: the model's folder).
-        test_time_flip: average each image's prediction with its mirror's, as `train`
-            scores the test split when its recipe says so.
 
-    Returns:
-        {"accuracy", "examples", "confusion_matrix" (path), "split_note"}.
-    """
-    import numpy as np
-
-    from keras_vitmix import datasets, plotting
-
-    if isinstance(model, (str, os.PathLike)):
-        output_dir = output_dir or os.path.dirname(os.path.abspath(model))
-        model = saving.load_model(model, compile=False)
-    output_dir = output_dir or "."
-    size = tuple(model.input_shape[1:3])
-    try:
-        import tensorflow  # noqa: F401
-    except ImportError:
-        split_images, split_labels, info = datasets.load_arrays(dataset, split, image_size=size)
-        batches = array_batches(split_images, split_labels, batch_size)
-    else:
-        ds, info = datasets.load(dataset, split, image_size=size, batch_size=batch_size)
-        batches = iter(ds)
-    if model.output_shape[-1] != info.num_classes:
-        raise ValueError(
-            f"The model has {model.output_shape[-1]} classes and the dataset {info.num_classes}."
-        )
-    labels, predictions = [], []
-    for probabilities, batch_labels in predict_batches(model, batches, test_time_flip):
-        predictions.append(np.argmax(probabilities, axis=-1))
-        labels.append(batch_labels)
-    labels, predictions = np.concatenate(labels), np.concatenate(predictions)
-    os.makedirs(output_dir, exist_ok=True)
-    path = os.path.join(output_dir, "confusion_matrix.png")
-    fig = plotting.confusion_matrix(labels, predictions, info.class_names)
-    fig.savefig(path, dpi=100)
-    accuracy = float(np.mean(labels == predictions))
-    print(f"{model.name} on {info.name} ({split}, {len(labels)} images): accuracy {accuracy:.2%} -> {path}")
-    return {"accuracy": accuracy, "examples": int(len(labels)), "confusion_matrix": path, "split_note": info.note}
+def _set_metadata(net, metadata):
+    # Families of keras_vitmix.applications keep it in their config (so in every
+    # checkpoint); any other model gets it in metrics.json only.
+    if hasattr(type(net), "metadata"):
+        net.metadata = metadata

@@ -4,9 +4,11 @@ splits, builds the model `fit` runs (the network itself, or a
 `keras_vitmix.training.train` drives it.
 """
 
+import dataclasses
 import os
 
 import keras
+import numpy as np
 
 from keras_vitmix.losses import ClassificationLoss
 from keras_vitmix.metrics import accuracy_metrics, top1_accuracy, top5_accuracy
@@ -22,14 +24,15 @@ class TrainingData:
     (`datasets.load`) into the model itself.
     """
 
-    def __init__(self, dataset, image_size, model, seed, validation_fraction, pipeline, distribute):
+    def __init__(self, dataset, image_size, model, seed, validation_fraction, pipeline, distribute, test_fraction):
         from keras_vitmix import datasets
 
         self.seed = seed
         in_memory = isinstance(dataset, (tuple, list, dict))
         if in_memory:
             classes = int(model.output_shape[-1]) if isinstance(model, keras.Model) else None
-            self.splits, self.info, self.test_info = _array_splits(dataset, seed, validation_fraction, classes)
+            self.splits, infos = _array_splits(dataset, seed, validation_fraction, test_fraction, classes)
+            self.info, self.validation_info, self.test_info = (infos[split] for split in datasets.SPLITS)
             self.size = self.info.image_shape[:2]
             wanted = datasets.as_image_size(image_size) or model_image_size(model)
             if tuple(wanted) != tuple(self.size):
@@ -53,7 +56,7 @@ class TrainingData:
             )
         if in_memory:
             return
-        load = dict(image_size=self.size, seed=seed, validation_fraction=validation_fraction)
+        load = dict(image_size=self.size, seed=seed, validation_fraction=validation_fraction, test_fraction=test_fraction)
         if self.pipeline == "device":
             from keras_vitmix import device_pipeline
 
@@ -63,11 +66,17 @@ class TrainingData:
                 self.splits[split] = (images, labels)
                 if split == "train":
                     device_pipeline.check_fits(images.nbytes, f"The training images of {infos[split].name}")
-            self.info, self.test_info = infos["train"], infos["test"]
+            self.info, self.validation_info, self.test_info = (infos[split] for split in datasets.SPLITS)
         else:
             self.dataset, self.load = dataset, load
-            _, self.info = datasets.load(dataset, "train", batch_size=1, **load)
-            _, self.test_info = datasets.load(dataset, "test", batch_size=1, **load)
+            self.info, self.validation_info, self.test_info = (
+                datasets.load(dataset, split, batch_size=1, **load)[1] for split in datasets.SPLITS
+            )
+
+    @property
+    def has_test(self):
+        """Whether the run has a test split: images never used to select a checkpoint."""
+        return self.test_info.num_examples > 0
 
     def training_batches(self, batch_size, augment, seed):
         if self.pipeline == "device":
@@ -112,15 +121,15 @@ class TrainingData:
 
         return datasets.load(self.dataset, "validation", batch_size=batch_size, **self.load)[0]
 
-    def score(self, model, batch_size, flip, label_smoothing):
-        """Loss, accuracy (and top-5) of `model` on the test split, each image's
-        prediction averaged with its mirror's when `flip`."""
+    def score(self, model, batch_size, flip, label_smoothing, split="test"):
+        """Loss, accuracy (and top-5) of `model` on a split, each image's prediction
+        averaged with its mirror's when `flip`; read as the run's pipeline read it."""
         if self.pipeline == "device":
-            batches = array_batches(*self.splits["test"], batch_size)
+            batches = array_batches(*self.splits[split], batch_size)
         else:
             from keras_vitmix import datasets
 
-            ds, _ = datasets.load(self.dataset, "test", batch_size=batch_size, **self.load)
+            ds, _ = datasets.load(self.dataset, split, batch_size=batch_size, **self.load)
             batches = iter(ds)
         return score_batches(model, batches, flip, label_smoothing)
 
@@ -164,8 +173,13 @@ def score_batches(model, batches, flip=False, label_smoothing=0.0):
     return scores
 
 
-def _array_splits(dataset, seed, validation_fraction, num_classes=None):
-    """{split: (images, labels)} and the train and test `DatasetInfo`s of in-memory arrays."""
+def _array_splits(dataset, seed, validation_fraction, test_fraction, num_classes=None):
+    """{split: (images, labels)} and {split: `DatasetInfo`} of in-memory arrays.
+
+    A dict keeps the splits it gives (no "test": the run has no test split); a pair has
+    a test part and then a validation part held out of each class (seeded, disjoint), as
+    a folder does.
+    """
     from keras_vitmix import datasets
 
     if isinstance(dataset, dict):
@@ -184,14 +198,49 @@ def _array_splits(dataset, seed, validation_fraction, num_classes=None):
     for split in ("validation", "test"):
         if split in given:
             checked[split] = datasets.check_arrays(*given[split], num_classes=num_classes, name=f"{split} images")
-    if "validation" not in checked:
+    notes = {split: "given" for split in checked}
+    if len(given) == 1:
+        notes.update(_hold_out_arrays(checked, seed, validation_fraction, test_fraction))
+    elif "validation" not in checked:
         checked["train"], checked["validation"] = datasets.split_arrays(
             train_images, train_labels, validation_fraction, seed
         )
-    checked.setdefault("test", checked["validation"])
+        notes["validation"] = f"held out of 'train': {validation_fraction:.0%} of each class, seed {seed}"
+    if "test" not in checked:
+        checked["test"] = (train_images[:0], train_labels[:0])
+        notes["test"] = notes.get("test", "no test split: the dict of arrays has no 'test' entry")
     info = datasets.array_info(*checked["train"], num_classes=num_classes)
-    test_info = datasets.array_info(*checked["test"], num_classes=num_classes, split="test")
-    return checked, info, test_info
+    infos = {
+        split: dataclasses.replace(info, split=split, num_examples=len(labels), note=notes[split])
+        for split, (_, labels) in checked.items()
+    }
+    return checked, infos
+
+
+def _hold_out_arrays(checked, seed, validation_fraction, test_fraction):
+    """Splits `checked["train"]` in place into train, validation and test parts: the
+    test part first (`test_fraction` of each class), then validation out of the rest, so
+    that each is the stated fraction of the whole. Returns the splits' notes."""
+    from keras_vitmix import datasets
+
+    images, labels = checked["train"]
+    smallest = int(np.unique(labels, return_counts=True)[1].min()) if len(labels) else 0
+    notes = {}
+    if test_fraction and smallest >= 3:
+        (images, labels), checked["test"] = datasets.split_arrays(images, labels, test_fraction, seed)
+        notes["test"] = f"held out of the arrays: {test_fraction:.0%} of each class, seed {seed}, disjoint from validation"
+    elif test_fraction:
+        notes["test"] = (
+            f"no test split: a class has {smallest} image(s), too few to give train, validation and test one "
+            "each; the validation score is the selection score"
+        )
+    else:
+        notes["test"] = "no test split: test_fraction=0"
+    share = validation_fraction / (1 - test_fraction) if "test" in checked else validation_fraction
+    checked["train"], checked["validation"] = datasets.split_arrays(images, labels, min(share, 0.5), seed)
+    notes["validation"] = f"held out of the arrays: {validation_fraction:.0%} of each class, seed {seed}"
+    notes["train"] = "the arrays less the held-out parts"
+    return notes
 
 
 def _pair(value, split):
@@ -255,10 +304,12 @@ def recipe_family(model):
         return "default"
 
 
-def build_network(model, size, num_classes, overrides, drop_path_rate=0.0):
-    """The network a run trains: `model` itself (its class count checked), or a registered
-    name built for the data's size and classes, with the recipe's drop path where its
-    family takes one."""
+def build_network(model, size, num_classes, overrides, drop_path_rate=0.0, explicit=None):
+    """The network a run trains: a registered name built for the data's size and classes
+    (with the recipe's drop path where its family takes one), or a given model as it
+    is. `explicit`: the architecture options the caller gave (model_overrides,
+    drop_path_rate, image_size, dtype); a given model is rebuilt with them, weights
+    kept, or they are refused: an option is never only recorded."""
     import inspect
 
     from keras_vitmix.applications import create_model, model_info
@@ -269,7 +320,7 @@ def build_network(model, size, num_classes, overrides, drop_path_rate=0.0):
                 f"The model has {model.output_shape[-1]} classes and the dataset {num_classes}. "
                 "Build the model with `classes` equal to the dataset's."
             )
-        return model
+        return rebuilt(model, dict(explicit or {}))
     overrides = dict(overrides or {})
     if overrides.get("classes", num_classes) != num_classes:
         raise ValueError(
@@ -281,3 +332,38 @@ def build_network(model, size, num_classes, overrides, drop_path_rate=0.0):
     if drop_path_rate and "drop_path_rate" in inspect.signature(family).parameters:
         overrides.setdefault("drop_path_rate", drop_path_rate)
     return create_model(model, **overrides)
+
+
+def rebuilt(model, changes):
+    """`model` rebuilt from its config with `changes` and its weights, or `model` itself
+    when nothing changes. The families of `keras_vitmix.applications` rebuild; any
+    other model, an image size other than the model's, or an argument its family does
+    not take is a ValueError naming the option."""
+    size = changes.pop("image_size", None)
+    if size is not None:
+        wanted = (size, size) if isinstance(size, int) else tuple(size)
+        if wanted != tuple(model.input_shape[1:3]):
+            raise ValueError(
+                f"A given model trains at its own input size {tuple(model.input_shape[1:3])}. Received: "
+                f"image_size={size!r} (build the model for that size, or train a registered name)"
+            )
+    dtype = changes.pop("dtype", None)
+    if dtype is not None and str(model.dtype_policy.name) == dtype:
+        dtype = None
+    config = model.get_config() if hasattr(type(model), "metadata") else None
+    changes = {k: v for k, v in changes.items() if config is None or config.get(k) != v}
+    if not changes and dtype is None:
+        return model
+    options = ", ".join(f"{k}={v!r}" for k, v in {**changes, **({"dtype": dtype} if dtype else {})}.items())
+    if config is None:
+        raise ValueError(
+            f"{model.name!r} ({type(model).__name__}) cannot be rebuilt with other options, so they would not "
+            f"apply. Received: {options}. Build the model with them, or leave them out."
+        )
+    unknown = sorted(k for k in changes if k not in config)
+    if unknown:
+        raise ValueError(f"{type(model).__name__} takes no {unknown}. Received: {options}")
+    network = type(model).from_config({**config, **changes})  # under the policy train() set
+    network.set_weights(model.get_weights())
+    print(f"Rebuilt {model.name!r} with {options}; weights kept.")
+    return network
