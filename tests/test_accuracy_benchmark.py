@@ -119,13 +119,14 @@ def test_a_short_run_writes_the_section_through_the_device_pipeline(script, tmp_
     assert metrics["pipeline"] == "device" and metrics["recipe"] == "cifar" and metrics["epochs"] == 1
     assert metrics["batch_size"] == 6 and metrics["augment"] == "light"  # given
     assert metrics["learning_rate"] == 0.01 and metrics["label_smoothing"] == 0.0  # the ConvMixer row's
-    assert metrics["test_examples"] == 2  # one held-out image of each class
+    # One held-out image of each class; the benchmark holds out no test split.
+    assert metrics["validation_examples"] == 2 and "test_accuracy" not in metrics
     text = results.read_text()
     section = text[text.index("## Accuracy on CIFAR-10"):text.index("## Other")]
     assert "old table" not in section and "kept" in text
     row = next(line for line in section.splitlines() if line.startswith("| convmixer_256_8 | ConvMixer |"))
     cells = [cell.strip() for cell in row.split("|")[1:-1]]
-    assert cells[3:6] == ["cifar", "1", "18"] and cells[6] == f"{metrics['test_accuracy']:.2%}"
+    assert cells[3:6] == ["cifar", "1", "18"] and cells[6] == f"{metrics['validation_accuracy']:.2%}"
     assert "device pipeline" in section and "recipe 'cifar'" in section and "with seed 0" in section
     resolved = next(line for line in section.splitlines()[::-1] if line.startswith("| convmixer_256_8 |"))
     assert "| 6 | 0.01 |" in resolved and "| light |" in resolved
@@ -133,5 +134,5 @@ def test_a_short_run_writes_the_section_through_the_device_pipeline(script, tmp_
     # Another seed: another initialization, the same validation images.
     script.main([*arguments, "--seed", "1", "--output", str(tmp_path / "seed1")])
     other = json.loads((tmp_path / "seed1" / "convmixer_256_8" / "metrics.json").read_text())
-    assert other["test_examples"] == 2 and other["test_loss"] != metrics["test_loss"]
+    assert other["validation_examples"] == 2 and other["validation_loss"] != metrics["validation_loss"]
     assert "with seed 0" in results.read_text()
