@@ -78,21 +78,24 @@ def _export(args):
     return 0
 
 
-def _sample_image(model_path, size):
-    """A test image of the dataset recorded in the run's metrics.json."""
-    import json
-
+def _sample_image(model, model_path):
+    """An image of the model's run: the first of its test split (of validation where it
+    has none), read as the run made its splits."""
     from keras_vitmix import datasets
+    from keras_vitmix.evaluation import run_metadata, split_arguments
 
-    metrics_path = os.path.join(os.path.dirname(os.path.abspath(model_path)), "metrics.json")
-    if not os.path.exists(metrics_path):
-        raise ValueError(f"No --image given and no {metrics_path} naming the model's dataset: pass --image.")
-    with open(metrics_path) as handle:
-        dataset = json.load(handle)["dataset"]
+    run = run_metadata(model, model_path)
+    dataset = run.get("dataset")
+    if not dataset:
+        raise ValueError(f"No --image given, and {model_path} records no dataset (no run metadata, no metrics.json "
+                         "beside it): pass --image.")
     if dataset == "arrays":
         raise ValueError(f"The run of {model_path} trained on in-memory arrays, not a named dataset: pass --image.")
-    images, _, _ = datasets.load_arrays(dataset, "test", image_size=size)  # no TensorFlow needed
-    return images[0]
+    size = tuple(model.input_shape[1:3])
+    for split in ("test", "validation"):
+        images, _, _ = datasets.load_arrays(dataset, split, image_size=size, **split_arguments(run))  # no TensorFlow
+        if len(images):
+            return images[0]
 
 
 def _visualize(args):
@@ -103,7 +106,7 @@ def _visualize(args):
     if not os.path.isfile(args.model):
         raise ValueError(f"No such model file. Received: --model {args.model}")
     model = keras.saving.load_model(args.model, compile=False)
-    image = datasets.read_image(args.image) if args.image else _sample_image(args.model, tuple(model.input_shape[1:3]))
+    image = datasets.read_image(args.image) if args.image else _sample_image(model, args.model)
     query = args.query
     if query is not None:
         parts = query.split(",")
@@ -129,7 +132,7 @@ def _images_for(model, paths):
     import numpy as np
 
     from keras_vitmix import datasets
-    from keras_vitmix.datasets.arrays import read_resized
+    from keras_vitmix.datasets.files import resize_pixels
 
     size = tuple(model.input_shape[1:3])
     images, resized = [], []
@@ -137,7 +140,7 @@ def _images_for(model, paths):
         pixels = datasets.read_image(path)
         if None not in size and pixels.shape[:2] != size:
             resized.append(f"{path} ({pixels.shape[0]}x{pixels.shape[1]})")
-            pixels = read_resized(path, size)  # bilinear, as load_arrays resizes training images
+            pixels = resize_pixels(pixels, size)  # bilinear, as load_arrays resizes training images
         images.append(pixels)
     if resized:
         _note("predict", f"resized {len(resized)} of {len(paths)} images to the model's input, "

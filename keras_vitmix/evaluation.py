@@ -13,7 +13,7 @@ import os
 import keras
 
 from keras_vitmix import saving
-from keras_vitmix.training_data import array_batches, predict_batches
+from keras_vitmix.training_data import PIPELINES, array_batches, predict_batches
 
 
 def run_metadata(model, path=None):
@@ -25,8 +25,16 @@ def run_metadata(model, path=None):
     metrics_path = os.path.join(os.path.dirname(os.path.abspath(path)), "metrics.json")
     if os.path.isfile(metrics_path):
         with open(metrics_path) as handle:
-            return dict(json.load(handle).get("metadata") or {})
+            metrics = json.load(handle)
+        # A run folder written before runs kept metadata names its dataset only.
+        return dict(metrics.get("metadata") or {k: metrics[k] for k in ("dataset",) if k in metrics})
     return {}
+
+
+def split_arguments(run):
+    """The seed and held-out fractions the run's splits were made with, as keywords of
+    `datasets.load` and `datasets.load_arrays` ({} for a run that records none)."""
+    return {k: v for k, v in run.get("splits", {}).items() if k in ("seed", "validation_fraction", "test_fraction")}
 
 
 def evaluate(
@@ -105,18 +113,17 @@ def _split_spec(run, dataset, split, batch_size, test_time_flip, pipeline):
         raise ValueError("The model records no dataset (no run metadata, no metrics.json beside it): pass `dataset`.")
     if dataset == "arrays":
         raise ValueError("The model's run trained on in-memory arrays, not a named dataset: pass `dataset`.")
-    splits = run.get("splits", {}) if os.fspath(dataset) == run.get("dataset") else {}
     spec = {
         "dataset": dataset, "split": split or "test", "from_run": from_run,
         "batch_size": pick("batch_size", batch_size, 128),
         "test_time_flip": bool(pick("test_time_flip", test_time_flip, False)),
         "pipeline": pick("pipeline", pipeline, "auto"),
-        "load": {k: splits[k] for k in ("seed", "validation_fraction", "test_fraction") if k in splits},
+        "load": split_arguments(run) if os.fspath(dataset) == run.get("dataset") else {},
     }
     if isinstance(spec["batch_size"], bool) or not isinstance(spec["batch_size"], int) or spec["batch_size"] < 1:
         raise ValueError(f"`batch_size` must be an integer >= 1. Received: batch_size={spec['batch_size']!r}")
-    if spec["pipeline"] not in ("auto", "device", "tf.data"):
-        raise ValueError(f"`pipeline` must be 'auto', 'device' or 'tf.data'. Received: pipeline={spec['pipeline']!r}")
+    if spec["pipeline"] not in PIPELINES:
+        raise ValueError(f"`pipeline` must be one of {PIPELINES}. Received: pipeline={spec['pipeline']!r}")
     return spec
 
 

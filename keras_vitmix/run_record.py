@@ -9,7 +9,7 @@ import os
 
 import keras
 
-def run_metadata(args, data, recipe, run):
+def run_metadata(args, data, run):
     """What a run's models carry (`keras_vitmix.saving.model_metadata`): the data's
     identity, classes and splits, and the training values as trained."""
     dataset = args["dataset"]
@@ -27,7 +27,7 @@ def run_metadata(args, data, recipe, run):
             **{split: {"examples": info.num_examples, "note": info.note} for split, info in infos.items()},
         },
         "pipeline": data.pipeline,
-        "recipe": recipe,
+        "recipe": run["recipe"],
         **{k: run[k] for k in (*TRAINING_VALUES, "batch_size", "epochs")},
     }
 
@@ -41,7 +41,9 @@ TRAINING_VALUES = (
 def trained_values(net):
     """What the network trains with, read back from it: its drop path (None where its
     family has none), precision and image size."""
-    config = net.get_config() if hasattr(type(net), "metadata") else {}
+    from keras_vitmix.applications._common import Application
+
+    config = net.get_config() if isinstance(net, Application) else {}
     return {
         "drop_path_rate": config.get("drop_path_rate"),
         "mixed_precision": str(net.dtype_policy.name).startswith("mixed"),
@@ -77,7 +79,7 @@ def run_metrics(net, data, scores, times, wall, resumed, seen, run):
     return metrics
 
 
-def closing_line(metrics, name, pipeline, recipe, output_dir):
+def closing_line(metrics, output_dir):
     """The line a run ends with: the test score, or why there is none."""
     validation = (
         f"validation accuracy {metrics['validation_accuracy']:.2%} ({metrics['validation_examples']} images, "
@@ -88,7 +90,7 @@ def closing_line(metrics, name, pipeline, recipe, output_dir):
     else:
         score = f"{validation}; no test score: {metrics['test_split']}"
     return (
-        f"{metrics['model']} on {name}: {score}, {metrics['parameters']:,} parameters, {metrics['epochs']} epochs, "
+        f"{metrics['model']} on {metrics['dataset']}: {score}, {metrics['parameters']:,} parameters, {metrics['epochs']} epochs, "
         f"{metrics['seconds_per_epoch']:.1f} s/epoch, {metrics['images_per_second'] or 0:.0f} images/s "
-        f"({pipeline} pipeline, recipe {recipe!r}) -> {output_dir}"
+        f"({metrics['pipeline']} pipeline, recipe {metrics['recipe']!r}) -> {output_dir}"
     )

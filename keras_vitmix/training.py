@@ -20,7 +20,9 @@ import warnings
 import keras
 
 from keras_vitmix import saving
+from keras_vitmix.applications._common import Application
 from keras_vitmix.augmentation import policy_name
+from keras_vitmix.datasets.info import check_fractions
 from keras_vitmix.evaluation import evaluate  # noqa: F401  (training.evaluate, as before)
 from keras_vitmix.run_record import closing_line, run_metadata, run_metrics, trained_values
 from keras_vitmix.losses import ClassificationLoss
@@ -270,16 +272,7 @@ def _check_arguments(args):
         recipes.get_recipe(args["recipe"])  # the ValueError naming it, with close names
     if args["augment"] is not None:
         policy_name(args["augment"])  # an unknown name fails before any data is read
-    for name in ("validation_fraction", "test_fraction"):
-        value = args[name]
-        low_ok = name == "test_fraction"
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0 <= value < 1 if low_ok else 0 < value < 1):
-            raise ValueError(f"`{name}` must be a float in {'[0, 1)' if low_ok else '(0, 1)'}. Received: {name}={value!r}")
-    if args["validation_fraction"] + args["test_fraction"] >= 1:
-        raise ValueError(
-            "The held-out parts leave no training images. Received: validation_fraction="
-            f"{args['validation_fraction']} and test_fraction={args['test_fraction']}"
-        )
+    check_fractions(args["validation_fraction"], args["test_fraction"])  # before any data is read
 
 
 def _train(args):
@@ -315,7 +308,9 @@ def _train(args):
                 ema_momentum=run["ema_momentum"],
             )
             run.update(trained_values(net))
-            _set_metadata(net, run_metadata(args, data, chosen.name, run))
+            metadata = run_metadata(args, data, run)
+            if isinstance(net, Application):  # kept in its config, so in every checkpoint
+                net.metadata = metadata
             trainer = data.trainer(net, run, args["seed"], args["jit_compile"])
         output_dir = args["output_dir"]
         resuming = os.path.isdir(os.path.join(output_dir, "backup"))
@@ -340,9 +335,9 @@ def _train(args):
     times = next(c for c in run_callbacks if isinstance(c, EpochTimer)).times
     seen = min(info.num_examples, steps * run["batch_size"])  # training images per epoch
     metrics = run_metrics(net, data, scores, times, wall, resuming, seen, run)
-    metrics.update(metadata=run_metadata(args, data, chosen.name, run))
+    metrics.update(metadata=metadata)  # where any model's run is read back (evaluation.run_metadata)
     write_json(os.path.join(output_dir, "metrics.json"), metrics)
-    print(closing_line(metrics, info.name, data.pipeline, chosen.name, output_dir))
+    print(closing_line(metrics, output_dir))
     return metrics
 
 
@@ -381,10 +376,3 @@ def fit_verbosity(verbose):
         return verbose
     stream = sys.stdout
     return 1 if stream is not None and hasattr(stream, "isatty") and stream.isatty() else 2
-
-
-def _set_metadata(net, metadata):
-    # Families of keras_vitmix.applications keep it in their config (so in every
-    # checkpoint); any other model gets it in metrics.json only.
-    if hasattr(type(net), "metadata"):
-        net.metadata = metadata

@@ -8,7 +8,6 @@ import dataclasses
 import os
 
 import keras
-import numpy as np
 
 from keras_vitmix.losses import ClassificationLoss
 from keras_vitmix.metrics import accuracy_metrics, top1_accuracy, top5_accuracy
@@ -208,7 +207,7 @@ def _array_splits(dataset, seed, validation_fraction, test_fraction, num_classes
         notes["validation"] = f"held out of 'train': {validation_fraction:.0%} of each class, seed {seed}"
     if "test" not in checked:
         checked["test"] = (train_images[:0], train_labels[:0])
-        notes["test"] = notes.get("test", "no test split: the dict of arrays has no 'test' entry")
+        notes["test"] = "no test split: the dict of arrays has no 'test' entry"
     info = datasets.array_info(*checked["train"], num_classes=num_classes)
     infos = {
         split: dataclasses.replace(info, split=split, num_examples=len(labels), note=notes[split])
@@ -218,29 +217,18 @@ def _array_splits(dataset, seed, validation_fraction, test_fraction, num_classes
 
 
 def _hold_out_arrays(checked, seed, validation_fraction, test_fraction):
-    """Splits `checked["train"]` in place into train, validation and test parts: the
-    test part first (`test_fraction` of each class), then validation out of the rest, so
-    that each is the stated fraction of the whole. Returns the splits' notes."""
+    """Splits `checked["train"]` in place into train, validation and test parts by a
+    folder's rule (`datasets.hold_out_arrays`). Returns the splits' notes."""
     from keras_vitmix import datasets
 
-    images, labels = checked["train"]
-    smallest = int(np.unique(labels, return_counts=True)[1].min()) if len(labels) else 0
-    notes = {}
-    if test_fraction and smallest >= 3:
-        (images, labels), checked["test"] = datasets.split_arrays(images, labels, test_fraction, seed)
-        notes["test"] = f"held out of the arrays: {test_fraction:.0%} of each class, seed {seed}, disjoint from validation"
-    elif test_fraction:
-        notes["test"] = (
-            f"no test split: a class has {smallest} image(s), too few to give train, validation and test one "
-            "each; the validation score is the selection score"
-        )
-    else:
-        notes["test"] = "no test split: test_fraction=0"
-    share = validation_fraction / (1 - test_fraction) if "test" in checked else validation_fraction
-    checked["train"], checked["validation"] = datasets.split_arrays(images, labels, min(share, 0.5), seed)
-    notes["validation"] = f"held out of the arrays: {validation_fraction:.0%} of each class, seed {seed}"
-    notes["train"] = "the arrays less the held-out parts"
-    return notes
+    parts, reason = datasets.hold_out_arrays(*checked["train"], validation_fraction, test_fraction, seed)
+    checked.update(parts)
+    held = f"{validation_fraction:.0%} of each class, seed {seed}"
+    return {
+        "train": "the arrays less the held-out parts",
+        "validation": f"held out of the arrays: {held}",
+        "test": reason or f"held out of the arrays: {test_fraction:.0%} of each class, seed {seed}, disjoint from validation",
+    }
 
 
 def _pair(value, split):
@@ -350,7 +338,9 @@ def rebuilt(model, changes):
     dtype = changes.pop("dtype", None)
     if dtype is not None and str(model.dtype_policy.name) == dtype:
         dtype = None
-    config = model.get_config() if hasattr(type(model), "metadata") else None
+    from keras_vitmix.applications._common import Application
+
+    config = model.get_config() if isinstance(model, Application) else None
     changes = {k: v for k, v in changes.items() if config is None or config.get(k) != v}
     if not changes and dtype is None:
         return model

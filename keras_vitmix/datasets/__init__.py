@@ -17,11 +17,11 @@ files decoded or checked at once, every bad one named; no TensorFlow), `progress
 (progress on a terminal, plain lines elsewhere), `sources`
 (digits, folder and TFDS decoded into tf.data), `pipeline` (`load`, `resolve`:
 batching, shuffling, augmentation) and `arrays` (`load_arrays`: every source as uint8
-NumPy arrays, a folder decoded once and cached; `check_arrays`, `array_info` and
-`split_arrays` for the caller's own arrays). Everything public is importable from here.
+NumPy arrays, a folder decoded once and cached; `check_arrays`, `array_info`,
+`hold_out_arrays` and `split_arrays` for the caller's own arrays). Everything public is importable from here.
 """
 
-from keras_vitmix.datasets.arrays import array_info, check_arrays, load_arrays, split_arrays
+from keras_vitmix.datasets.arrays import array_info, check_arrays, hold_out_arrays, load_arrays, split_arrays
 from keras_vitmix.datasets.folders import IMAGE_SUFFIXES, list_folder, read_image
 from keras_vitmix.datasets.info import SPLITS, DatasetInfo, DatasetUnavailableError, as_image_size
 from keras_vitmix.datasets.pipeline import AUGMENTS, SHUFFLE_BUFFER, load, resolve
@@ -36,6 +36,7 @@ __all__ = [
     "array_info",
     "as_image_size",
     "check_arrays",
+    "hold_out_arrays",
     "list_folder",
     "load",
     "load_arrays",

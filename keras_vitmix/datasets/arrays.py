@@ -17,7 +17,7 @@ import numpy as np
 
 from keras_vitmix.datasets import files, sources
 from keras_vitmix.datasets.files import CACHE_ENV, decode_files, read_resized  # noqa: F401 (public here too)
-from keras_vitmix.datasets.folders import folder_split, hold_out_sizes, read_image, require_images
+from keras_vitmix.datasets.folders import folder_split, hold_out_indices, no_test_reason, read_image, require_images
 from keras_vitmix.datasets.info import DatasetInfo, as_image_size, check_fractions, check_split
 
 _CACHE_FORMAT = 1  # bump when the cached arrays change meaning
@@ -188,29 +188,43 @@ def array_info(images, labels, num_classes=None, class_names=None, name="arrays"
 
 
 def split_arrays(images, labels, validation_fraction=0.1, seed=0):
-    """A seeded validation hold-out of each class, for arrays that come without one.
-
-    The rule of a folder's validation hold-out (`list_folder`): each class, in label
-    order, is shuffled with one `np.random.RandomState(seed)` and its last
-    `max(1, round(n * validation_fraction))` images are held out; both parts keep the
-    arrays' order. A class of one image goes to validation whole. (No test split is
-    held out of arrays: they are used as given.)
+    """A seeded validation hold-out of each class, for arrays that come without one:
+    `hold_out_arrays` with no test part.
 
     Returns:
         `((train_images, train_labels), (validation_images, validation_labels))`.
     """
-    check_fractions(validation_fraction)
+    parts, _ = hold_out_arrays(images, labels, validation_fraction, 0.0, seed)
+    return parts["train"], parts["validation"]
+
+
+def hold_out_arrays(images, labels, validation_fraction=0.1, test_fraction=0.1, seed=0):
+    """Seeded, disjoint validation and test hold-outs of each class, by a folder's rule
+    (`list_folder`: each class, in label order, shuffled with one
+    `np.random.RandomState(seed)`; its last `max(1, round(n * validation_fraction))`
+    images are validation, the `max(1, round(n * test_fraction))` before them test).
+    Every part keeps the arrays' order. Where a class cannot give train, validation and
+    test one image each, or `test_fraction` is 0, no class gives test.
+
+    Returns:
+        `(parts, reason)`: {"train", "validation", "test"}: (images, labels), and why
+        the test part is empty ("" when it is not).
+    """
+    check_fractions(validation_fraction, test_fraction)
     images = np.asarray(images)
     labels = _check_labels(labels, len(images), None, "images")
-    rng = np.random.RandomState(seed)
-    held = []
-    for label in np.unique(labels):
-        members = np.flatnonzero(labels == label)
-        order = rng.permutation(len(members))
-        held.append(members[order[len(members) - hold_out_sizes(len(members), validation_fraction)[0]:]])
-    validation = np.zeros(len(labels), bool)
-    validation[np.concatenate(held)] = True
-    return (images[~validation], labels[~validation]), (images[validation], labels[validation])
+    classes = np.unique(labels)
+    members = [np.flatnonzero(labels == label) for label in classes]
+    reason = no_test_reason(
+        {str(label): len(m) for label, m in zip(classes, members)}, validation_fraction, test_fraction,
+        source="the arrays", remedy="pass a 'test' split of your own",
+    )
+    chosen = hold_out_indices([len(m) for m in members], seed, validation_fraction, 0.0 if reason else test_fraction)
+    parts = {}
+    for split in ("train", "validation", "test"):
+        index = np.sort(np.concatenate([m[c[split]] for m, c in zip(members, chosen)]))
+        parts[split] = (images[index], labels[index])
+    return parts, reason
 
 
 def _check_labels(labels, count, num_classes, name):

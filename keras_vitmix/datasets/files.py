@@ -134,13 +134,8 @@ def map_files(function, paths, what="Reading files"):
 
 
 def read_resized(path, image_size):
-    """`read_image`, resized to `image_size` where its size differs.
-
-    Pillow's BILINEAR resize widens its triangle filter by the reduction factor when it
-    shrinks, as `tf.image.resize(..., "bilinear", antialias=True)` does in `load`: on
-    the same decoded pixels the two differ by at most one level (rounding).
-    """
-    return _resized(read_image(path), image_size)
+    """`read_image`, resized to `image_size` where its size differs (`resize_pixels`)."""
+    return resize_pixels(read_image(path), image_size)
 
 
 def cache_file(cache_dir, cache_name, key, paths, labels=None, suffix=".npz"):
@@ -182,10 +177,16 @@ def write_atomically(path, write):
 def _read_or_problem(path, image_size):
     """The file's pixels at `image_size`, or (a str) what is wrong with it."""
     pixels, problem = decode(path)
-    return problem if problem is not None else _resized(pixels, image_size)
+    return problem if problem is not None else resize_pixels(pixels, image_size)
 
 
-def _resized(pixels, image_size):
+def resize_pixels(pixels, image_size):
+    """uint8 pixels (H, W, 3) resized to `image_size` where their size differs.
+
+    Pillow's BILINEAR resize widens its triangle filter by the reduction factor when it
+    shrinks, as `tf.image.resize(..., "bilinear", antialias=True)` does in `load`: on
+    the same decoded pixels the two differ by at most one level (rounding).
+    """
     from PIL import Image
 
     if pixels.shape[:2] == tuple(image_size):

@@ -94,7 +94,9 @@ def folder_split(root, split="train", seed=0, validation_fraction=0.1, test_frac
         if not files[name]:
             raise ValueError(f"Class folder {root / 'train' / name} holds no .jpg/.png images.")
     has_test_folder = (root / "test").is_dir()
-    reason = "" if has_test_folder else _no_test_reason(files, validation_fraction, test_fraction)
+    reason = "" if has_test_folder else no_test_reason(
+        {name: len(paths) for name, paths in files.items()}, validation_fraction, test_fraction
+    )
     held_test = 0.0 if has_test_folder or reason else test_fraction
     if split == "test" and has_test_folder:
         paths, labels = _test_folder(root / "test", classes)
@@ -125,36 +127,48 @@ def require_images(part):
         )
 
 
-def _no_test_reason(files, validation_fraction, test_fraction):
-    """Why the folder gives no test split, or "" when it gives one."""
+def no_test_reason(counts, validation_fraction, test_fraction, source="train/", remedy="add images, or a test/ folder"):
+    """Why classes of `counts` ({class name: members}) give no test split, or "" when
+    they give one: `test_fraction` is 0, or a class cannot give train, validation and
+    test one member each."""
     if not test_fraction:
-        return "test_fraction=0, so no test images are held out of train/"
-    for name, paths in files.items():
-        validation, test = hold_out_sizes(len(paths), validation_fraction, test_fraction)
-        if len(paths) - validation - test < 1:
+        return f"test_fraction=0, so no test images are held out of {source}"
+    for name, count in counts.items():
+        validation, test = hold_out_sizes(count, validation_fraction, test_fraction)
+        if count - validation - test < 1:
             return (
-                f"class {name!r} of train/ has {len(paths)} image{'s' * (len(paths) != 1)}, too few to give train, "
+                f"class {name!r} of {source} has {count} image{'s' * (count != 1)}, too few to give train, "
                 f"validation and test one each (validation_fraction={validation_fraction}, "
-                f"test_fraction={test_fraction}); add images, or a test/ folder"
+                f"test_fraction={test_fraction}); {remedy}"
             )
     return ""
 
 
-def _hold_out(files, classes, seed, validation_fraction, test_fraction):
-    """{split: (paths, labels)} of train/: per class, seeded, the last files held out."""
+def hold_out_indices(counts, seed, validation_fraction, test_fraction=0.0):
+    """The hold-out rule of folders and arrays: for classes of `counts` members each, in
+    label order, one `np.random.RandomState(seed)` shuffles each class; its last
+    `validation` members are validation, the `test` before them test, the rest train
+    (`hold_out_sizes`). Returns, per class, {split: sorted member indices}."""
     rng = np.random.RandomState(seed)
-    parts = {split: ([], []) for split in ("train", "validation", "test")}
-    for label, name in enumerate(classes):
-        count = len(files[name])
+    parts = []
+    for count in counts:
         order = rng.permutation(count)
         validation, test = hold_out_sizes(count, validation_fraction, test_fraction)
-        chosen = {
-            "train": order[: count - validation - test],
-            "test": order[count - validation - test: count - validation],
-            "validation": order[count - validation:],
-        }
+        parts.append({
+            "train": np.sort(order[: count - validation - test]),
+            "test": np.sort(order[count - validation - test: count - validation]),
+            "validation": np.sort(order[count - validation:]),
+        })
+    return parts
+
+
+def _hold_out(files, classes, seed, validation_fraction, test_fraction):
+    """{split: (paths, labels)} of train/, held out by `hold_out_indices`."""
+    parts = {split: ([], []) for split in ("train", "validation", "test")}
+    counts = [len(files[name]) for name in classes]
+    for label, (name, chosen) in enumerate(zip(classes, hold_out_indices(counts, seed, validation_fraction, test_fraction))):
         for split, indices in chosen.items():
-            parts[split][0].extend(files[name][i] for i in sorted(indices))
+            parts[split][0].extend(files[name][i] for i in indices)
             parts[split][1].extend([label] * len(indices))
     return parts
 

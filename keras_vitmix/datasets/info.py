@@ -62,7 +62,11 @@ def check_split(split):
 
 def check_fractions(validation_fraction, test_fraction=0.0):
     """Raises a ValueError unless validation_fraction is in (0, 1), test_fraction in
-    [0, 1) and the two leave part of the training data to train on."""
+    [0, 1) and the two leave part of the training data to train on (a TypeError for
+    what is not a number)."""
+    for name, value in (("validation_fraction", validation_fraction), ("test_fraction", test_fraction)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise TypeError(f"`{name}` must be a float. Received: {name}={value!r}")
     if not 0.0 < validation_fraction < 1.0:
         raise ValueError(
             f"`validation_fraction` must be in (0, 1). Received: validation_fraction={validation_fraction}"
