@@ -78,11 +78,19 @@ def _weights_loader(weights):
     return _WEIGHTS_SOURCES.get(weights.partition(":")[0])
 
 
-def create_model(name, **overrides):
+def create_model(name, features_only=False, **overrides):
     """Builds the registered variant `name`, with constructor arguments overridden.
 
     Args:
         name: a name from `list_models()`.
+        features_only: bool; True builds the variant without its head
+            (`include_top=False`) and returns `keras_vitmix.features.feature_model`
+            of it, as timm's `create_model(..., features_only=True)`: a model from the
+            images to `{block_name: features}`. With it, and only with it,
+            `out_indices` (the blocks, as `feature_model`'s `indices`; None, the
+            default, for every block, where timm's default is 3, the last three),
+            `output_format` ("NHWC" or "NLC"), `norm` and `prefix_tokens` are
+            `feature_model`'s arguments.
         **overrides: constructor arguments replacing the variant's (e.g.
             `input_shape=(64, 64, 3)`, `classes=10`, `include_top=False`).
             `weights` may name a registered weights source
@@ -94,21 +102,56 @@ def create_model(name, **overrides):
             `keras_vitmix.weights`).
 
     Returns:
-        A `keras.Model` of the variant's family, named `name` unless overridden.
+        A `keras.Model` of the variant's family, named `name` unless overridden, or
+        with `features_only=True` a functional `keras.Model` named `{name}_features`.
 
     Example:
 
     >>> model = create_model("vit_cifar_patch4_32", classes=100)
     >>> imagenet = create_model("deit_tiny_patch16_224", weights="timm")  # needs the network
+    >>> grids = create_model("convmixer_256_8", features_only=True, out_indices=[-1])
     """
     if not isinstance(name, str):
         raise TypeError(f"`name` must be a str from list_models(). Received: name={name!r}")
     entry = model_info(name)  # an unknown name fails before a weights source runs
+    feature_options = _feature_options(features_only, overrides)
+    if features_only:
+        from keras_vitmix import features  # imports no application: no cycle
+
+        model = create_model(name, **overrides, include_top=False, pooling=None)
+        return features.feature_model(model, **feature_options)
     loader = _weights_loader(overrides.get("weights"))
     if loader is not None:
         return loader(name, **overrides)
     config = {**entry["config"], "name": name, **overrides}
     return entry["family"](**config)
+
+
+# create_model's feature arguments -> feature_model's (timm's names: out_indices).
+_FEATURE_OPTIONS = {
+    "out_indices": "indices",
+    "output_format": "output_format",
+    "norm": "norm",
+    "prefix_tokens": "prefix_tokens",
+}
+
+
+def _feature_options(features_only, overrides):
+    """Takes `feature_model`'s arguments out of `overrides`, checking they apply."""
+    if not isinstance(features_only, bool):
+        raise TypeError(f"`features_only` must be True or False. Received: features_only={features_only!r}")
+    given = sorted(set(overrides) & set(_FEATURE_OPTIONS))
+    if given and not features_only:
+        raise TypeError(f"{', '.join(given)} apply to features_only=True. Received: features_only=False")
+    if features_only:
+        for head, default in (("include_top", False), ("pooling", None)):
+            value = overrides.pop(head, default)
+            if value is not default:  # the features end at the blocks
+                raise ValueError(
+                    f"features_only=True builds no head or pooling: `{head}` must be {default}. "
+                    f"Received: {head}={value!r}"
+                )
+    return {_FEATURE_OPTIONS[key]: overrides.pop(key) for key in given}
 
 
 def _unknown(name):
