@@ -346,3 +346,18 @@ def test_an_export_serves_one_named_output_per_feature_map(format, tmp_path):
         if report["signature"] is not None:
             np.testing.assert_allclose(report["signature"][key], value, atol=1e-5, err_msg=key)
 
+
+def test_readme_probe_runs(monkeypatch):
+    from keras_vitmix import datasets
+    from tests.test_readme import python_block, run
+
+    load_arrays = datasets.load_arrays
+
+    def first_images(*args, **kwargs):  # the README's probe, on 40 images
+        images, labels, info = load_arrays(*args, **kwargs)
+        return images[:40], labels[:40], info
+
+    monkeypatch.setattr(datasets, "load_arrays", first_images)
+    namespace = run(python_block("features.feature_model("))
+    assert namespace["pooled"].shape == (40, 256)
+    assert namespace["probe"](namespace["pooled"]).shape == (40, 10)
