@@ -2,8 +2,9 @@
 
 Both formats come from one `tf.function`, `serve(images)`, that casts the images to
 float32 and calls the model, and both keep every output of the model under the same
-names (`output_names`) and its class names (`resolve_class_names`). Writing runs where
-TensorFlow is the Keras backend: in the exporting process under TensorFlow, and in
+names (`output_names`) and its class names (`resolve_class_names`); with attention, the
+model served is `with_attention(model)`. Writing runs where TensorFlow is the Keras
+backend: in the exporting process under TensorFlow, and in
 `keras_vitmix._export_worker`'s subprocess under JAX and torch; the checks also run in
 a JAX or torch process, before a model is handed over. `keras_vitmix.export` and the
 worker both import this module; it imports neither. TensorFlow and tf2onnx are imported
@@ -18,7 +19,7 @@ import tempfile
 
 import keras
 
-from keras_vitmix import _internals, saving
+from keras_vitmix import _internals, _serving_attention, saving
 
 ENDPOINT = "serve"
 INPUT_NAME = "images"
@@ -29,15 +30,23 @@ PROBABILITIES = "probabilities"  # the output that class names label, among seve
 
 
 def write(
-    model, path, format="tf_saved_model", image_dtype="uint8", batch_size=None, opset=None, class_names=None, origin=None
+    model,
+    path,
+    format="tf_saved_model",
+    image_dtype="uint8",
+    batch_size=None,
+    opset=None,
+    class_names=None,
+    attention=False,
+    origin=None,
 ):
     """Writes `model` (a `keras.Model` or a `.keras` path) to `path`, atomically.
 
-    Arguments as `keras_vitmix.export.export`'s, already checked there; `path` is
-    replaced if it exists. `origin`: where a `.keras` file that the export saved for
-    TensorFlow came from (e.g. "model 'vit' from the torch backend"); a failure to load
-    it then names that model rather than the temporary file. Must run under the
-    TensorFlow backend.
+    Arguments as `keras_vitmix.export.export`'s, already checked there; `attention`
+    serves `with_attention(model)`; `path` is replaced if it exists. `origin`: where a
+    `.keras` file that the export saved for TensorFlow came from (e.g. "model 'vit'
+    from the torch backend"); a failure to load it then names that model rather than
+    the temporary file. Must run under the TensorFlow backend.
 
     Returns:
         A dict: "outputs", the served output names; "class_names", the names written
@@ -53,10 +62,22 @@ def write(
                 error = error.__cause__ or error.__context__  # missing class in generic errors
             raise not_reloadable(origin, f"it does not load there: {short_error(error)}") from None
     check_model(model, image_dtype)
+    if attention:
+        model = with_attention(model)
     names = output_names(model)
     class_names, note = resolve_class_names(model, class_names)
     write_atomically(path, lambda tmp: _write(model, tmp, format, image_dtype, batch_size, opset, class_names))
     return {"outputs": names, "class_names": class_names, "note": note}
+
+
+def with_attention(model):
+    """`model` in float32 with its attention beside its outputs, as `export(...,
+    attention=True)` serves it (`keras_vitmix._serving_attention.serving_model`): its
+    own outputs keep their names, but a classifier's only output is served as
+    "probabilities", the name that class names label among several outputs."""
+    names = output_names(model)
+    single = PROBABILITIES if class_count(model) is not None else OUTPUT_NAME
+    return _serving_attention.serving_model(float32_model(model), names, single)
 
 
 def not_reloadable(origin, reason):

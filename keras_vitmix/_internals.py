@@ -17,77 +17,7 @@ import keras
 from keras_vitmix import config as _config
 
 
-# --- graphs and augmentation ---
-#
-# Keras makes public a layer's first call (`layer.input`, `layer.output`) and a
-# functional model's layers, inputs and outputs (`keras.Function`), but not a layer's
-# later calls nor the constant arguments of a call. Attention maps need the call of each
-# block inside the inspected model, with its mask.
-
-_NODES_BY_DEPTH = "_nodes_by_depth"  # of a functional model: its calls of layers
-_INBOUND_NODES = "_inbound_nodes"  # of a layer: every call of it, in any model
-_NODE_ARGUMENTS = "arguments"  # of a node: the call's args and kwargs
-
-
-def first_call_arguments(graph, layer):
-    """The arguments of the first call of `layer` inside the functional model `graph`.
-
-    Keras's graph nodes (`graph._nodes_by_depth`, `layer._inbound_nodes`) keep every
-    call of a layer with all its arguments, so a layer shared with another model is
-    found at its call in `graph`, and a constant argument (a NumPy attention mask) is
-    kept. Without them (another Keras), the public `layer.input` gives the tensors of
-    the layer's first call anywhere: keyword tensors come back as positional arguments
-    after the others, constant arguments are lost, and a layer whose first call lies
-    outside `graph` (a shared layer, with several calls) raises a ValueError.
-
-    Args:
-        graph: a functional `keras.Model` (an instance of `keras.Function`).
-        layer: one of `graph.layers`.
-
-    Returns:
-        (args, kwargs): the call's positional arguments as a tuple, its keyword
-        arguments as a dict.
-    """
-    calls = _graph_node_calls(graph, layer)
-    if calls is None:
-        return _first_call_from_layer_input(graph, layer)
-    if not calls:
-        raise ValueError(f"Layer '{layer.name}' is not called in model '{graph.name}'.")
-    return calls[0]
-
-
-def _graph_node_calls(graph, layer):
-    """[(args, kwargs)] of each call of `layer` in `graph`, in call order; None when
-    this Keras lacks the node attributes."""
-    nodes_by_depth = getattr(graph, _NODES_BY_DEPTH, None)
-    inbound_nodes = getattr(layer, _INBOUND_NODES, None)
-    if nodes_by_depth is None or inbound_nodes is None:
-        return None
-    in_graph = {id(node) for nodes in nodes_by_depth.values() for node in nodes}
-    calls = []
-    for node in inbound_nodes:
-        arguments = getattr(node, _NODE_ARGUMENTS, None)
-        if arguments is None:
-            return None
-        if id(node) in in_graph:
-            calls.append((tuple(arguments.args), dict(arguments.kwargs)))
-    return calls
-
-
-def _first_call_from_layer_input(graph, layer):
-    tensors = layer.input  # the first call's input tensors, flattened
-    tensors = list(tensors) if isinstance(tensors, (list, tuple)) else [tensors]
-    try:
-        keras.Function(graph.inputs, tensors)  # raises when they are not computed in `graph`
-    except ValueError as error:
-        raise ValueError(
-            f"Layer '{layer.name}' is called more than once, first outside model '{graph.name}' "
-            "(a layer shared between models). This Keras shows only a layer's first call publicly "
-            "(`layer.input`), so its call in the model cannot be found. Inspect the model that "
-            "called it first, or build the model from its own layers."
-        ) from error
-    return tuple(tensors), {}
-
+# --- augmentation ---
 
 _EQUALIZATION_HISTOGRAM = "_custom_histogram_fixed_width"  # a private method of Equalization
 

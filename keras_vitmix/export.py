@@ -18,6 +18,11 @@ list's layer names), and carries the model's class names (`class_names()` and th
 answer can be read without the training run. A model whose outputs cannot all be named,
 or that cannot reach TensorFlow, is refused with a `ValueError` that says why.
 
+`attention=True` serves a model's attention beside its outputs, from the same pass:
+each TransformerBlock's scores and the attention rollout as a map over the patch grid,
+computed in the served graph, so a serving host draws attention without Keras
+(`keras_vitmix._serving_attention`).
+
 Writing is atomic: the export goes to a temporary path beside `path` and is moved into
 place only once complete, so a failed export never leaves a half-written model behind.
 
@@ -27,6 +32,7 @@ Example:
 model = keras_vitmix.applications.create_model("vit_cifar_patch4_32", classes=10)
 export(model, "serving/vit/1", class_names=names)     # SavedModel, serve(uint8 images)
 export(model, "vit.onnx", format="onnx")              # ONNX, input "images"
+export(model, "serving/vit_attention/1", attention=True)  # + attention_block_i, attention_rollout
 
 import tensorflow as tf                                # anywhere, no Keras needed
 served = tf.saved_model.load("serving/vit/1")         # keep a reference while serving
@@ -57,6 +63,7 @@ def export(
     overwrite=False,
     opset=None,
     class_names=None,
+    attention=False,
     verbose=True,
 ):
     """Exports a model for serving, with the signature `serve(images) -> outputs`.
@@ -81,6 +88,18 @@ def export(
             of the model's class probabilities (its only output, or the output named
             "probabilities"). A model without such an output (e.g. built with
             `include_top=False`) exports without its metadata's names.
+        attention: bool. True serves, beside the model's outputs, the attention
+            scores (B, heads, N, N) of each TransformerBlock as "attention_<block>"
+            (e.g. "attention_block_0") and the attention rollout as
+            "attention_rollout", a (B, h, w) map over the patch grid: the class
+            token's row of `inspection.attention_rollout` over the patches, or
+            without a class token the mean of the patches' rows. They equal
+            `inspection.attention_model(model)` and `attention_rollout` on the same
+            images. A classifier's only output is then served as "probabilities"
+            (its class names label it). For models with TransformerBlocks and a
+            patch grid (ViT, DeiT, HybridMixerViT); costs one explicit softmax per
+            block instead of a fused attention kernel (benchmarks/RESULTS.md,
+            "Serving").
         verbose: bool, print what was written where.
 
     Returns:
@@ -101,8 +120,9 @@ def export(
     kernels on most runtimes, and neither does CPU serving).
 
     Raises:
-        ValueError: a bad argument; outputs that cannot all be named (nested, named
-            alike, or named "images"); class names not one per class (both numbers
+        ValueError: a bad argument; `attention=True` for a model without attention
+            blocks (MLP-Mixer, ConvMixer); outputs that cannot all be named (nested,
+            named alike, or named "images"); class names not one per class (both numbers
             named); a JAX or torch model that does not save as `.keras` or load
             back under TensorFlow (custom layers without `get_config` or registration).
         TypeError: `class_names` not a list of str, `model_or_path` neither a model nor
@@ -113,12 +133,12 @@ def export(
     >>> export("runs/demo/model.keras", "runs/demo/saved_model")
     """
     path = os.fspath(path)
-    _check_arguments(format, image_dtype, batch_size, opset, path, overwrite)
+    _check_arguments(format, image_dtype, batch_size, opset, path, overwrite, attention)
     if class_names is not None:
         class_names = _export_writer.check_class_names(class_names)
     if not isinstance(model_or_path, keras.Model):
         model_or_path = _check_keras_file(model_or_path)
-    options = dict(format=format, image_dtype=image_dtype, batch_size=batch_size, opset=opset)
+    options = dict(format=format, image_dtype=image_dtype, batch_size=batch_size, opset=opset, attention=attention)
     if keras.backend.backend() == "tensorflow":
         written = _export_writer.write(model_or_path, path, class_names=class_names, **options)
     elif isinstance(model_or_path, keras.Model):
@@ -142,7 +162,8 @@ def _export_through_file(model, path, class_names, options):
     """Under JAX and torch: checks `model` here, then has TensorFlow write it from a `.keras` file."""
     _export_writer.check_model(model, options["image_dtype"])
     _export_writer.output_names(model)
-    class_names, _ = _export_writer.resolve_class_names(model, class_names)
+    served = _export_writer.with_attention(model) if options["attention"] else model
+    class_names, _ = _export_writer.resolve_class_names(served, class_names)
     origin = f"model '{model.name}' from the {keras.backend.backend()} backend"
     with tempfile.TemporaryDirectory(prefix="keras_vitmix_export_") as scratch:
         file = os.path.join(scratch, "model.keras")
@@ -153,13 +174,15 @@ def _export_through_file(model, path, class_names, options):
         return _export_worker.export(file, path, class_names=class_names, origin=origin, **options)
 
 
-def _check_arguments(format, image_dtype, batch_size, opset, path, overwrite):
+def _check_arguments(format, image_dtype, batch_size, opset, path, overwrite, attention):
     if format not in FORMATS:
         raise ValueError(f"`format` must be one of {FORMATS}. Received: format={format!r}")
     if image_dtype not in IMAGE_DTYPES:
         raise ValueError(f"`image_dtype` must be one of {IMAGE_DTYPES}. Received: image_dtype={image_dtype!r}")
     if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
         raise ValueError(f"`batch_size` must be None or a positive int. Received: batch_size={batch_size!r}")
+    if not isinstance(attention, bool):
+        raise ValueError(f"`attention` must be True or False. Received: attention={attention!r}")
     if opset is not None and format != "onnx":
         raise ValueError(f"`opset` is an ONNX option. Received: opset={opset!r} with format={format!r}")
     if os.path.lexists(path) and not overwrite:

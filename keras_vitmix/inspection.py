@@ -1,9 +1,9 @@
 """Looking inside trained models: attention maps, attention rollout, attention distance,
 and the token-mixing weights of MLP-Mixer.
 
-- Attention scores come from a sub-model that re-applies each TransformerBlock's
-  `norm1` and `attention` to the block's symbolic input, so it shares the model's
-  weights and follows later training.
+- Attention scores come from a clone of the model's graph (`keras.models.clone_model`)
+  whose TransformerBlocks also return their scores: it shares the model's weights,
+  follows later training, saves as `.keras`, and exports (`export(..., attention=True)`).
 - Attention rollout: Abnar & Zuidema, "Quantifying Attention Flow in Transformers",
   ACL 2020 (https://arxiv.org/abs/2005.00928): fuse the heads, add the identity for
   the residual connection, renormalize, and multiply the layers together.
@@ -20,8 +20,7 @@ import re
 import keras
 import numpy as np
 
-from keras_vitmix import _internals
-from keras_vitmix.layers import ConvMixerBlock, MixerBlock, PatchEmbedding, TransformerBlock
+from keras_vitmix.layers import ConvMixerBlock, MixerBlock, PatchEmbedding, ScoredTransformerBlock, TransformerBlock
 from keras_vitmix.layers._checks import to_pair
 
 HEAD_FUSIONS = ("mean", "max", "min")
@@ -63,46 +62,105 @@ def _block_summary(graph):
     return summary
 
 
-class _BlockScores(keras.layers.Layer):
-    """The attention scores (B, heads, N, N) of a TransformerBlock for its input tokens.
+AttentionTensors = collections.namedtuple("AttentionTensors", "inputs outputs scores")
 
-    A separate layer because a functional graph cannot hold a second call of the block
-    with another output structure, nor the blocks' identically named sub-layers.
+
+def attention_tensors(model, layers=None):
+    """`model`'s graph re-run with its TransformerBlocks also returning their scores.
+
+    A clone of the graph (`keras.models.clone_model` with a `call_function`) that calls
+    each chosen block through a `keras_vitmix.layers.ScoredTransformerBlock`, with every
+    argument the model's own graph gives it (a constant or symbolic `attention_mask`
+    included): the blocks and every other layer are `model`'s own, so a model built
+    from these tensors holds no weights of its own, follows later training, and saves
+    and reloads as `.keras` (after `import keras_vitmix`). One pass gives both the
+    model's outputs and the scores; `attention_model` and `export(..., attention=True)`
+    are built from it.
+
+    Args:
+        model: as for `attention_model`.
+        layers: as for `attention_model`.
+
+    Returns:
+        `AttentionTensors(inputs, outputs, scores)`: symbolic tensors of the clone: its
+        inputs and outputs in `model`'s own structures, and a dict
+        `{block_name: scores (B, heads, N, N)}` in graph order. A block that the graph
+        calls more than once gives the scores of its first call.
+
+    Example:
+
+    >>> model = keras_vitmix.applications.ViT(patch_size=4, hidden_dim=32, num_layers=2,
+    ...                                       num_heads=2, input_shape=(16, 16, 3), classes=3)
+    >>> found = attention_tensors(model)
+    >>> both = keras.Model(found.inputs, {"probabilities": found.outputs, **found.scores})
     """
+    graph = _graph(model)
+    wanted = {id(block) for block in _attention_blocks(graph, model, layers)}
+    scores = {}
 
-    def __init__(self, block, **kwargs):
-        super().__init__(**kwargs)
-        self.block = block
+    def clone(layer):  # the model's own layers; a chosen block in a wrapper of its own
+        return ScoredTransformerBlock(layer) if id(layer) in wanted else layer
 
-    def call(self, inputs, attention_mask=None):
-        block = self.block
-        _, scores = block.attention(block.norm1(inputs), attention_mask=attention_mask, return_attention_scores=True)
-        return scores
+    def call(layer, *args, **kwargs):
+        if not isinstance(layer, ScoredTransformerBlock):
+            return layer(*args, **kwargs)
+        tokens, block_scores = layer(*args, **kwargs)
+        scores.setdefault(layer.name, block_scores)
+        return tokens
 
-    def compute_output_spec(self, inputs, attention_mask=None):
-        batch, tokens = inputs.shape[0], inputs.shape[1]
-        return keras.KerasTensor((batch, self.block.num_heads, tokens, tokens), dtype="float32")
+    clone_graph = keras.models.clone_model(graph, clone_function=clone, call_function=call)
+    return AttentionTensors(clone_graph.input, clone_graph.output, scores)
+
+
+def _attention_blocks(graph, model, layers):
+    """The TransformerBlocks of `graph` that `layers` names (all when None), in graph order."""
+    blocks = _blocks(graph, TransformerBlock)
+    if not blocks:
+        raise ValueError(
+            f"Model '{model.name}' has no attention: it contains no TransformerBlock. "
+            f"Received: a model with blocks: {_block_summary(graph)}. "
+            "For MLP-Mixer blocks use `token_mixing_weights`."
+        )
+    if layers is None:
+        return blocks
+    valid = [block.name for block in blocks]
+    wanted = [layers] if isinstance(layers, str) else list(layers)
+    unknown = [name for name in wanted if name not in valid]
+    if unknown or not wanted:
+        raise ValueError(
+            f"`layers` must name TransformerBlocks of model '{model.name}': one of {valid}. "
+            f"Received: layers={layers!r}"
+        )
+    return [block for block in blocks if block.name in wanted]
 
 
 def attention_model(model, layers=None):
     """A model from `model`'s inputs to the attention scores of its TransformerBlocks.
 
-    For each block, a small wrapper layer applies the block's own `norm1` and
-    `attention` to the block's input in `model`'s graph with
-    `return_attention_scores=True` (re-calling the whole block would also run its
-    MLP): the sub-model holds no weights of its own and sees every later change to
-    `model`'s weights without rebuilding. It is meant for inspection, not saving.
+    Built by `attention_tensors`: a clone of `model`'s graph through public Keras in
+    which each block is called with `return_attention_scores=True` and the arguments
+    the model gives it (masks included). The sub-model holds no weights of its own and
+    sees every later change to `model`'s weights without rebuilding; it saves to
+    `.keras` and reloads after `import keras_vitmix`, and `keras_vitmix.export` serves
+    it (or use `export(model, ..., attention=True)` for the model's outputs and its
+    attention together).
 
     Args:
         model: a functional `keras.Model` (e.g. `ViT`, `HybridMixerViT`) containing
-            `keras_vitmix.layers.TransformerBlock` layers.
+            `keras_vitmix.layers.TransformerBlock` layers, or a built Sequential.
         layers: optional block name or list of names (e.g. "block_1"); all
             TransformerBlocks when None.
 
     Returns:
         A `keras.Model` whose output is a dict `{block_name: scores}`, scores of shape
-        (B, heads, N, N) in float32, rows summing to 1; N counts the class token where
-        the model has one. `predict` returns a dict of NumPy arrays.
+        (B, heads, N, N) in float32, rows summing to 1; N counts the prefix tokens
+        (class, distillation) where the model has them. `predict` returns a dict of
+        NumPy arrays.
+
+    Raises:
+        ValueError: a model without TransformerBlocks (MLP-Mixer, ConvMixer: the
+            message names the blocks it has), `layers` naming no block of the model,
+            a model that is not functional.
 
     Example:
 
@@ -112,32 +170,8 @@ def attention_model(model, layers=None):
     >>> scores["block_1"].shape
     (1, 2, 17, 17)
     """
-    graph = _graph(model)
-    blocks = _blocks(graph, TransformerBlock)
-    if not blocks:
-        raise ValueError(
-            f"Model '{model.name}' has no attention: it contains no TransformerBlock. "
-            f"Received: a model with blocks: {_block_summary(graph)}. "
-            "For MLP-Mixer blocks use `token_mixing_weights`."
-        )
-    valid = [block.name for block in blocks]
-    if layers is not None:
-        wanted = [layers] if isinstance(layers, str) else list(layers)
-        unknown = [name for name in wanted if name not in valid]
-        if unknown or not wanted:
-            raise ValueError(
-                f"`layers` must name TransformerBlocks of model '{model.name}': one of {valid}. "
-                f"Received: layers={layers!r}"
-            )
-        blocks = [block for block in blocks if block.name in wanted]
-    outputs = {}
-    for block in blocks:
-        args, kwargs = _internals.first_call_arguments(graph, block)
-        x = args[0] if args else kwargs["inputs"]
-        mask = args[1] if len(args) > 1 else kwargs.get("attention_mask")
-        scores = _BlockScores(block, dtype=block.dtype_policy, name=f"{block.name}_scores")
-        outputs[block.name] = scores(x, attention_mask=mask)
-    return keras.Model(graph.input, outputs, name=f"{model.name}_attention")
+    found = attention_tensors(model, layers)
+    return keras.Model(found.inputs, found.scores, name=f"{model.name}_attention")
 
 
 def _layer_index(name):

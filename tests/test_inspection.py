@@ -168,6 +168,61 @@ def test_sequential_and_nested_models():
         inspection.attention_model(outer)
 
 
+def test_symbolic_mask_input_reaches_the_blocks():
+    tokens = keras.Input((8, 8, 3))
+    mask = keras.Input((5, 5), dtype="bool")
+    x = PatchEmbedding(16, 4, use_class_token=True)(tokens)
+    x = TransformerBlock(2, 32, name="masked")(x, attention_mask=mask)
+    model = keras.Model([tokens, mask], x)
+    masks = np.ones((2, 5, 5), bool)
+    masks[:, :, 3] = False
+    scores = inspection.attention_model(model)([np.ones((2, 8, 8, 3), "float32"), masks])
+    scores = keras.ops.convert_to_numpy(scores["masked"])
+    np.testing.assert_allclose(scores[..., 3], 0.0, atol=1e-7)
+    np.testing.assert_allclose(scores.sum(-1), 1.0, atol=1e-5)
+
+
+def test_shared_block_is_read_at_its_call_in_the_model_inspected():
+    block = TransformerBlock(2, 32, name="shared")
+    first_inputs, second_inputs = keras.Input((5, 16)), keras.Input((5, 16))
+    keras.Model(first_inputs, block(first_inputs), name="first")
+    second = keras.Model(second_inputs, block(second_inputs * 2.0), name="second")
+    tokens = np.random.default_rng(1).normal(size=(2, 5, 16)).astype("float32")
+    scores = keras.ops.convert_to_numpy(inspection.attention_model(second)(tokens)["shared"])
+    _, expected = block(tokens * 2.0, return_attention_scores=True)
+    np.testing.assert_allclose(scores, keras.ops.convert_to_numpy(expected), atol=1e-6)
+
+
+def eager(model, x):
+    return {name: keras.ops.convert_to_numpy(value) for name, value in model(x).items()}
+
+
+def test_attention_model_saves_and_reloads(hybrid, tmp_path):
+    """Issue #35: a `.keras` file of the attention model (a constant mask included), and
+    the attention model of a model loaded from `.keras`."""
+    deit = small_vit(use_distillation_token=True, pooling="token")
+    inputs = keras.Input((8, 8, 3))
+    x = PatchEmbedding(16, 4, use_class_token=True, name="embed")(inputs)
+    masked = keras.Model(inputs, TransformerBlock(2, 32, name="t")(x, attention_mask=np.eye(5, dtype=bool)[None]))
+    for model, x in ((deit, images(2)), (hybrid, images(2)), (masked, np.ones((2, 8, 8, 3), "float32"))):
+        attention = inspection.attention_model(model)
+        path = str(tmp_path / f"{model.name}_attention.keras")
+        attention.save(path)
+        reloaded = keras.saving.load_model(path)
+        expected, got = eager(attention, x), eager(reloaded, x)  # eager: no compilation per model
+        assert list(got) == list(expected)
+        for name in expected:
+            np.testing.assert_allclose(got[name], expected[name], atol=1e-6, err_msg=f"{model.name} {name}")
+            np.testing.assert_allclose(got[name].sum(-1), 1.0, atol=1e-5)
+    assert expected["t"].reshape(-1, 5, 5).argmax(-1).tolist() == [list(range(5))] * 4  # the identity mask, kept
+    deit.save(tmp_path / "deit.keras")
+    loaded = keras.saving.load_model(tmp_path / "deit.keras")
+    scores = eager(inspection.attention_model(loaded), images(2))
+    assert scores["block_0"].shape == (2, 2, 18, 18)  # class and distillation tokens
+    for name in ("block_0", "block_1"):
+        np.testing.assert_allclose(scores[name], numpy_scores(deit, name, images(2)), atol=1e-5)
+
+
 @pytest.mark.slow
 def test_seed_vit():
     model = create_model("seed_vit")

@@ -14,6 +14,7 @@ from keras_vitmix.layers.patch_embedding import (
     resample_position_embedding,
     sincos_position_embedding,
 )
+from keras_vitmix.layers.scored_transformer_block import ScoredTransformerBlock
 from keras_vitmix.layers.transformer_block import TransformerBlock
 
 __all__ = [
@@ -28,6 +29,7 @@ __all__ = [
     "MixerBlock",
     "MultiHeadSelfAttention",
     "PatchEmbedding",
+    "ScoredTransformerBlock",
     "TransformerBlock",
     "resample_position_embedding",
     "sincos_position_embedding",
