@@ -10,6 +10,7 @@ from keras_vitmix.plotting.attention import (
     attention_heads,
     attention_map,
     block_order,
+    class_attention,
     image_patches,
     layer_heads,
     pick_head,
@@ -79,6 +80,19 @@ def _animate(path, image, heads, grid_shape, num_prefix_tokens, head, dpi):
     pyplot().close(fig)
 
 
+def prefix_token_names(model):
+    """The names of `model`'s prefix tokens in order (class, distillation, registers), as
+    its PatchEmbedding prepends them; [] without one."""
+    from keras_vitmix.layers import PatchEmbedding
+
+    for layer in model.layers:
+        if isinstance(layer, PatchEmbedding):
+            names = ["class"] if layer.use_class_token else []
+            names += ["distillation"] if layer.use_distillation_token else []
+            return names + [f"register {i}" for i in range(layer.num_register_tokens)]
+    return []
+
+
 def _attention_figures(model, image, grid, layer, head, query):
     """Checks the choices, runs the model once; returns [(file name, figure thunk)], GIF args."""
     from keras_vitmix import inspection
@@ -99,13 +113,20 @@ def _attention_figures(model, image, grid, layer, head, query):
     args = (image, heads, query, grid.grid_shape)
     prefix = grid.num_prefix_tokens
     distances = inspection.mean_attention_distance(scores, grid.grid_shape, grid.patch_size, prefix)
+    names = prefix_token_names(model)
+    has_class = names[:1] == ["class"]
+    rollout = inspection.attention_rollout(scores)
     figures = [
         ("attention_map.png", lambda: attention_map(scores, layer, head)),
         ("query_attention.png", lambda: query_attention(*args, head, prefix)),
         ("attention_heads.png", lambda: attention_heads(*args, prefix)),
-        ("rollout.png", lambda: rollout_overlay(image, inspection.attention_rollout(scores), grid.grid_shape)),
+        ("rollout.png", lambda: rollout_overlay(image, rollout, grid.grid_shape, 0, prefix, has_class)),
         ("attention_distance.png", lambda: attention_distance(distances)),
     ]
+    if has_class:  # DINO's picture; registers (Darcet et al., 2024) in a panel of their own
+        figures.append(
+            ("class_attention.png", lambda: class_attention(image, heads, grid.grid_shape, prefix, -1, names))
+        )
     return figures, (image, heads, grid.grid_shape, prefix, head)
 
 
@@ -114,7 +135,10 @@ def write_attention_figures(model, image, output_dir, layer=None, head=None, que
 
     patches.png always; for attention models attention_map.png, query_attention.png,
     attention_heads.png, rollout.png, attention_distance.png (and query_attention.gif
-    with `animate`); for models with MixerBlocks token_mixing.png (first MixerBlock).
+    with `animate`), and with a class token class_attention.png: its attention per head
+    on the patches, with what it gives the prefix tokens (registers) in a panel apart;
+    for models with MixerBlocks token_mixing.png (first MixerBlock). Patch maps leave
+    every prefix token (class, distillation, registers) out.
 
     Args:
         model: a keras_vitmix model with a PatchEmbedding that takes pixel values in

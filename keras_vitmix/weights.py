@@ -38,12 +38,13 @@ _MODULES = {
         (r"patch_embedding/projection", "patch_embed.proj"),
         (r"patch_embedding/class_token", "cls_token"),
         (r"patch_embedding/distillation_token", "dist_token"),
+        (r"patch_embedding/register_tokens", "reg_token"),
         (r"patch_embedding/position_embeddings", "pos_embed"),
         (r"block_(\d+)/attention/(qkv|proj)", r"blocks.\1.attn.\2"),
         (r"block_(\d+)/mlp/(fc1|fc2)", r"blocks.\1.mlp.\2"),
         (r"block_(\d+)/(norm1|norm2)", r"blocks.\1.\2"),
         (r"block_(\d+)/layer_scale(1|2)", r"blocks.\1.ls\2.gamma"),
-        (r"(norm|head|head_dist)", r"\1"),
+        (r"(norm|fc_norm|head|head_dist)", r"\1"),
     ),
     MLPMixer: (
         (r"patch_embedding/projection", "stem.proj"),
@@ -85,8 +86,9 @@ def load_timm_weights(model, source, load_head=None):
     variable must be filled, with matching shapes; otherwise a `ValueError` lists the
     unmapped keys, the unfilled variables and the mismatched shapes, and nothing is
     assigned. A ViT built at another image size gets the position embedding resampled
-    (bicubic, class and distillation tokens kept), as timm does; an MLPMixer refuses
-    another size, its token-mixing MLPs being sized to the patch count.
+    (bicubic, the entries of class, distillation and register tokens kept), as timm's
+    `img_size=` does; an MLPMixer refuses another size, its token-mixing MLPs being
+    sized to the patch count.
 
     Args:
         model: a `ViT`, `MLPMixer` or `ConvMixer` from `keras_vitmix.applications`.
@@ -119,6 +121,10 @@ def load_timm_weights(model, source, load_head=None):
     if load_head is False or not has_head:
         state = {k: v for k, v in state.items() if k.split(".")[0] not in _HEADS}
         variables = {p: v for p, v in variables.items() if p.split("/")[0] not in _HEADS}
+    if model.get_config().get("use_fc_norm") and not any(p.startswith("fc_norm/") for p in variables):
+        # timm's norm of the pooled features is part of its pre-logits: a model that
+        # returns tokens (pooling=None) has none to fill.
+        state = {k: v for k, v in state.items() if not k.startswith("fc_norm.")}
     if family is MLPMixer:
         _check_mixer_tokens(model, state)
     assignments, unfilled, mismatched = [], [], []
@@ -179,8 +185,9 @@ def _convert(path, value, layout, model):
 
 
 def _resampled(value, embedding):
-    """A checkpoint's (square) position grid resized to the model's, prefix tokens kept."""
-    prefix = embedding.num_prefix_tokens
+    """A checkpoint's (square) position grid resized to the model's, the prefix tokens'
+    entries kept (none where the embedding covers the patches only, no_embed_class)."""
+    prefix = embedding.num_prefix_positions
     side = int(round(max(value.shape[1] - prefix, 0) ** 0.5))
     if side * side + prefix != value.shape[1] or (side, side) == tuple(embedding.grid_size):
         return value  # the same grid, or one the shape check will report
@@ -277,7 +284,8 @@ def create_from_timm(name, weights, **overrides):
             f"none of {tuple(NORMALIZATIONS)}: pass include_preprocessing=False and "
             "normalize the inputs yourself."
         )
-    include_top = overrides.get("include_top", True)
+    # A backbone variant (DINOv2: no classifier) registers include_top=False.
+    include_top = overrides.get("include_top", model_info(name)["config"].get("include_top", True))
     if include_top and not cfg.num_classes and "classes" not in overrides:
         raise ValueError(
             f"timm's {timm_name!r} has no classifier: pass include_top=False, or "

@@ -58,7 +58,8 @@ def built_facts(name):
 def timm_weights(name):
     """Whether `create_model(name, weights="timm")` finds timm's checkpoint of that name:
     the family is one `keras_vitmix.weights` maps, timm publishes the checkpoint, and its
-    normalization and classifier are ones the model can take. Nothing is downloaded."""
+    normalization and classifier (or none, for a variant registered without a head) are
+    ones the model can take. Nothing is downloaded."""
     from keras_vitmix import weights
     from keras_vitmix.applications import model_info
 
@@ -70,7 +71,10 @@ def timm_weights(name):
         cfg = weights._pretrained_cfg(name, "timm")
     except ValueError:
         return False
-    return weights.normalization_of(cfg.mean, cfg.std) is not None and bool(cfg.num_classes)
+    # A checkpoint without a classifier (DINOv2) loads into a variant registered as a
+    # backbone (include_top=False).
+    backbone = not model_info(name)["config"].get("include_top", True)
+    return weights.normalization_of(cfg.mean, cfg.std) is not None and (bool(cfg.num_classes) or backbone)
 
 
 def _tables(section):

@@ -16,6 +16,7 @@ SMALL = {"patch_size": 4, "hidden_dim": 16, "input_shape": (16, 16, 3), "classes
 PATCH_NAMES = ["patches.png"]
 ATTENTION_NAMES = ["attention_map.png", "query_attention.png", "attention_heads.png", "rollout.png",
                    "attention_distance.png"]
+CLASS_TOKEN_NAMES = ["class_attention.png"]  # models with a class token
 
 
 @pytest.fixture(autouse=True)
@@ -166,7 +167,7 @@ def written(paths):
 
 def test_write_attention_figures_vit(vit, tmp_path):
     paths = visualize.write_attention_figures(vit, image(), tmp_path, head=1, query=(0, 3), animate=True, dpi=30)
-    assert written(paths) == sorted(PATCH_NAMES + ATTENTION_NAMES + ["query_attention.gif"])
+    assert written(paths) == sorted(PATCH_NAMES + ATTENTION_NAMES + CLASS_TOKEN_NAMES + ["query_attention.gif"])
     assert all(os.path.isfile(p) for p in paths)
     assert PIL.open(tmp_path / "query_attention.png").size == (210, 102)  # 7 x 3.4 inches at 30 dpi
     gif = PIL.open(tmp_path / "query_attention.gif")
@@ -190,7 +191,7 @@ def test_written_attention_map_of_near_uniform_attention(tmp_path):
 def test_write_attention_figures_resizes_with_a_warning(vit, tmp_path):
     with pytest.warns(UserWarning, match=r"from \(20, 20\) to the model's input size \(16, 16\)"):
         paths = visualize.write_attention_figures(vit, image(20).astype(np.float32), tmp_path / "new", dpi=20)
-    assert written(paths) == sorted(PATCH_NAMES + ATTENTION_NAMES)
+    assert written(paths) == sorted(PATCH_NAMES + ATTENTION_NAMES + CLASS_TOKEN_NAMES)
 
 
 @pytest.mark.parametrize(
@@ -292,6 +293,7 @@ def heat_figures():
         "query_attention": lambda: plotting.query_attention(img, s, 5, (4, 4), num_prefix_tokens=1),
         "attention_heads": lambda: plotting.attention_heads(img, s, 5, (4, 4), num_prefix_tokens=1),
         "rollout_overlay": lambda: plotting.rollout_overlay(img, s[:, 0], (4, 4)),
+        "class_attention": lambda: plotting.class_attention(img, s, (4, 4), 1),
         "token_mixing_tiles": lambda: plotting.token_mixing_tiles(s[0, :, 1:, 1:].reshape(-1, 4, 4)),
         "confusion_matrix": lambda: plotting.confusion_matrix(labels, labels[::-1], [str(i) for i in range(30)]),
     }
@@ -318,3 +320,44 @@ def test_confusion_matrix_counts_and_refuses_other_labels():
         plotting.confusion_matrix([0], [0.5], ["a", "b", "c"])
     with pytest.raises(ValueError, match="Received: 2 labels, 1 predictions"):
         plotting.confusion_matrix([0, 1], [0], ["a", "b", "c"])
+
+
+def test_class_attention_keeps_the_registers_apart():
+    # The class token, 4 registers (Darcet et al., 2024) and a 4x4 grid: 21 tokens.
+    from keras_vitmix.plotting.attention import class_token_attention
+
+    s = scores(heads=3, tokens=21, seed=5)
+    s[:, :, 0, 1:5] *= 40  # registers that soak up the class token's attention, as in DINOv2
+    s /= s.sum(-1, keepdims=True)
+    maps, prefix = class_token_attention(s[0], (4, 4), 5)
+    assert maps.shape == (3, 4, 4) and prefix.shape == (3, 5)
+    np.testing.assert_allclose(maps.sum((1, 2)) + prefix.sum(1), 1.0, atol=1e-6)  # the whole row
+    np.testing.assert_allclose(maps, s[0, :, 0, 5:].reshape(3, 4, 4))  # the patch columns only, in grid order
+    np.testing.assert_allclose(prefix, s[0, :, 0, :5])
+    names = ["class"] + [f"register {i}" for i in range(4)]
+    fig = plotting.class_attention(image(), s, (4, 4), 5, prefix_names=names)
+    heads = [ax for ax in fig.axes if ax.get_title().startswith("head")]
+    for h, ax in enumerate(heads):
+        np.testing.assert_allclose(drawn(ax)[::4, ::4], maps[h], atol=1e-6)
+        # the maps' scale spans the patch weights: the registers' large weights are not in it
+        assert ax.images[-1].get_clim() == pytest.approx((maps.min(), maps.max()))
+    (bars,) = [ax for ax in fig.axes if ax.patches]
+    np.testing.assert_allclose([p.get_height() for p in bars.patches], prefix.mean(0), atol=1e-6)
+    assert [t.get_text() for t in bars.get_xticklabels()] == names
+    with pytest.raises(ValueError, match=r"N=17, grid_shape=\(4, 4\), num_prefix_tokens=0"):
+        class_token_attention(scores()[0], (4, 4), 0)  # no class token
+    with pytest.raises(ValueError, match=r"name the 5 prefix tokens. Received: prefix_names=\['class'\]"):
+        plotting.class_attention(image(), s, (4, 4), 5, prefix_names=["class"])
+
+
+def test_rollout_overlay_with_registers():
+    rollout = scores(heads=1, tokens=21, seed=6)[:, 0]  # (2, 21, 21): a prefix of 5 and a 4x4 grid
+    fig = plotting.rollout_overlay(image(), rollout, (4, 4), num_prefix_tokens=5)
+    np.testing.assert_allclose(drawn(fig.axes[1])[::4, ::4], rollout[0, 0, 5:].reshape(4, 4), atol=1e-6)
+    # registers without a class token (timm's reg4_gap): the mean of the patch queries' rows
+    fig = plotting.rollout_overlay(image(), rollout[1, 1:, 1:], (4, 4), num_prefix_tokens=4, use_class_token=False)
+    expected = rollout[1, 5:, 5:].mean(0).reshape(4, 4)
+    np.testing.assert_allclose(drawn(fig.axes[1])[::4, ::4], expected, atol=1e-6)
+    assert fig.axes[2].get_ylabel() == "rollout, mean over queries"
+    with pytest.raises(ValueError, match=r"N = num_prefix_tokens \+ h \* w.*num_prefix_tokens=4"):
+        plotting.rollout_overlay(image(), rollout, (4, 4), num_prefix_tokens=4)

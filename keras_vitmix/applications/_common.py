@@ -134,14 +134,17 @@ def check_grid(input_shape, patch_size, family):
         )
 
 
-def pool_and_head(x, pooling, include_top, classes, classifier_activation, num_prefix_tokens=0):
-    """Pools tokens (B, N, D) or a grid (B, h, w, D), then the optional Dense head."""
+def pool_and_head(x, pooling, include_top, classes, classifier_activation, num_prefix_tokens=0, pooled_norm=None):
+    """Pools tokens (B, N, D) or a grid (B, h, w, D), then the optional Dense head;
+    `pooled_norm`, a layer, normalizes the pooled features (timm's `fc_norm`)."""
     if pooling is not None:
         if len(x.shape) == 4:
             pool = keras.layers.GlobalAveragePooling2D if pooling == "avg" else keras.layers.GlobalMaxPooling2D
             x = pool(name=f"{pooling}_pool")(x)
         else:
             x = TokenPooling(pooling, num_prefix_tokens, name=f"{pooling}_pool")(x)
+        if pooled_norm is not None:
+            x = pooled_norm(x)
     if include_top:
         x = keras.layers.Dense(classes, name="head")(x)
         # Probabilities (or logits) in float32 under mixed precision.
@@ -173,8 +176,8 @@ class TokenPooling(keras.layers.Layer):
     Args:
         pooling: "token", "avg" or "max"; "distillation_token" reads DeiT's second
             token.
-        num_prefix_tokens: int, leading class/distillation tokens, left out of
-            "avg" and "max" as timm does.
+        num_prefix_tokens: int, leading class/distillation/register tokens, left out
+            of "avg" and "max" as timm does.
     """
 
     def __init__(self, pooling, num_prefix_tokens=0, **kwargs):

@@ -4,8 +4,15 @@ Dosovitskiy et al., "An Image is Worth 16x16 Words", ICLR 2021
 (https://arxiv.org/abs/2010.11929): cut the image into non-overlapping P x P patches
 and project each linearly, which is a convolution with kernel = stride = P; optionally
 prepend a learnable class token (and DeiT's distillation token, Touvron et al. 2021,
-https://arxiv.org/abs/2012.12877) and add a position embedding (learned, or the fixed
-2-D sine-cosine one of Chen et al. 2021, https://arxiv.org/abs/2104.02057).
+https://arxiv.org/abs/2012.12877, and register tokens, Darcet et al., "Vision Transformers
+Need Registers", ICLR 2024, https://arxiv.org/abs/2309.16588) and add a position embedding
+(learned, or the fixed 2-D sine-cosine one of Chen et al. 2021,
+https://arxiv.org/abs/2104.02057).
+
+The prefix tokens come in timm's order (`VisionTransformer._pos_embed`,
+`VisionTransformerDistilled._pos_embed`): class, distillation, registers, then the
+patches. Their count, `num_prefix_tokens`, is the one number that pooling, inspection,
+features and resampling use to find the patches.
 """
 
 import math
@@ -46,7 +53,9 @@ def resample_position_embedding(embedding, new_grid, old_grid=None, num_prefix_t
         embedding: array (1, num_prefix_tokens + h * w, D).
         new_grid: (h', w') target grid.
         old_grid: (h, w) source grid; inferred as square when omitted.
-        num_prefix_tokens: leading positions (class/distillation tokens) kept as they are.
+        num_prefix_tokens: leading positions kept as they are: the embedding's entries for
+            the class/distillation/register tokens (0 where the embedding covers the
+            patches only, `use_prefix_positions=False`).
 
     Returns:
         NumPy array (1, num_prefix_tokens + h' * w', D).
@@ -88,6 +97,15 @@ class PatchEmbedding(keras.layers.Layer):
             class token (needs `use_class_token=True`).
         position_embedding: "learned", "sincos" (fixed 2-D sine-cosine) or None.
         flatten: bool, return tokens (B, N, D) rather than the grid (B, h, w, D).
+        num_register_tokens: int, learned register tokens after the class (and
+            distillation) token (Darcet et al., 2024): extra tokens that hold the global
+            computations a ViT otherwise parks in low-information patches, so those
+            patches' attention maps stay clean. Needs `flatten=True`.
+        use_prefix_positions: bool, whether the position embedding has entries for the
+            prefix tokens (ViT, DeiT: added after the prefix tokens are prepended). False
+            is timm's `no_embed_class=True` (DeiT III, DINOv2 with registers): the
+            embedding covers the patches only and the prefix tokens are prepended after
+            it is added.
         **kwargs: base layer keyword arguments.
 
     Call arguments:
@@ -95,7 +113,8 @@ class PatchEmbedding(keras.layers.Layer):
             built for.
 
     Returns:
-        Tokens (B, [1 [+ 1] +] h * w, D) when `flatten`, else the grid (B, h, w, D).
+        Tokens (B, num_prefix_tokens + h * w, D) when `flatten` (class, distillation,
+        register tokens, then the patches row-major), else the grid (B, h, w, D).
 
     Example:
 
@@ -105,6 +124,7 @@ class PatchEmbedding(keras.layers.Layer):
 
     Reference:
         Dosovitskiy et al., 2021, https://arxiv.org/abs/2010.11929
+        Darcet et al., 2024, https://arxiv.org/abs/2309.16588 (registers)
     """
 
     def __init__(
@@ -115,11 +135,14 @@ class PatchEmbedding(keras.layers.Layer):
         position_embedding="learned",
         flatten=True,
         use_distillation_token=False,
+        num_register_tokens=0,
+        use_prefix_positions=True,
         **kwargs,
     ):
         super().__init__(**kwargs)
         self.hidden_dim = check_positive_int(hidden_dim, "hidden_dim")
         self.patch_size = to_pair(patch_size, "patch_size")
+        self.num_register_tokens = check_positive_int(num_register_tokens, "num_register_tokens", minimum=0)
         if position_embedding not in POSITION_EMBEDDINGS:
             raise ValueError(
                 f"`position_embedding` must be one of {POSITION_EMBEDDINGS}. "
@@ -130,6 +153,11 @@ class PatchEmbedding(keras.layers.Layer):
                 "A class token needs a token sequence: `use_class_token=True` requires "
                 "`flatten=True`. Received: flatten=False"
             )
+        if self.num_register_tokens and not flatten:
+            raise ValueError(
+                "Register tokens need a token sequence: `num_register_tokens` > 0 requires "
+                f"`flatten=True`. Received: num_register_tokens={num_register_tokens}, flatten=False"
+            )
         if use_distillation_token and not use_class_token:
             raise ValueError(
                 "A distillation token follows the class token: `use_distillation_token=True` "
@@ -139,6 +167,7 @@ class PatchEmbedding(keras.layers.Layer):
         self.use_distillation_token = bool(use_distillation_token)
         self.position_embedding = position_embedding
         self.flatten = bool(flatten)
+        self.use_prefix_positions = bool(use_prefix_positions)
         self.projection = Conv2D(
             hidden_dim,
             kernel_size=self.patch_size,
@@ -150,7 +179,14 @@ class PatchEmbedding(keras.layers.Layer):
 
     @property
     def num_prefix_tokens(self):
-        return int(self.use_class_token) + int(self.use_distillation_token)
+        """Tokens before the patches: class + distillation + registers."""
+        return int(self.use_class_token) + int(self.use_distillation_token) + self.num_register_tokens
+
+    @property
+    def num_prefix_positions(self):
+        """Entries of the position embedding before the patches' (kept as they are when
+        it is resampled): the prefix tokens', or none with `use_prefix_positions=False`."""
+        return self.num_prefix_tokens if self.use_prefix_positions else 0
 
     @property
     def num_patches(self):
@@ -191,7 +227,15 @@ class PatchEmbedding(keras.layers.Layer):
                 initializer=keras.initializers.TruncatedNormal(stddev=0.02),
                 name="distillation_token",
             )
-        positions = self.num_prefix_tokens + self.num_patches
+        if self.num_register_tokens:
+            # DINOv2 and timm draw registers from N(0, 1e-6): distinct, so that they can
+            # learn different roles, and negligible at the start.
+            self.register_tokens = self.add_weight(
+                shape=(1, self.num_register_tokens, self.hidden_dim),
+                initializer=keras.initializers.RandomNormal(stddev=1e-6),
+                name="register_tokens",
+            )
+        positions = self.num_prefix_positions + self.num_patches
         if self.position_embedding == "learned":
             self.position_embeddings = self.add_weight(
                 shape=(1, positions, self.hidden_dim),
@@ -200,7 +244,7 @@ class PatchEmbedding(keras.layers.Layer):
             )
         elif self.position_embedding == "sincos":
             table = sincos_position_embedding(self.grid_size, self.hidden_dim)
-            prefix = np.zeros((self.num_prefix_tokens, self.hidden_dim), np.float32)
+            prefix = np.zeros((self.num_prefix_positions, self.hidden_dim), np.float32)
             self._sincos_table = np.concatenate([prefix, table])[None]
 
     def call(self, inputs):
@@ -218,11 +262,16 @@ class PatchEmbedding(keras.layers.Layer):
             return x
         batch = ops.shape(x)[0]
         x = ops.reshape(x, (batch, self.num_patches, self.hidden_dim))  # (B, N, D)
-        if self.use_class_token:
-            tokens = [self.class_token] + ([self.distillation_token] if self.use_distillation_token else [])
-            tokens = [ops.broadcast_to(ops.cast(t, x.dtype), (batch, 1, self.hidden_dim)) for t in tokens]
-            x = ops.concatenate([*tokens, x], axis=1)  # (B, 1 [+ 1] + N, D)
-        if self.position_embedding is not None:
+        add_positions = self.position_embedding is not None
+        if add_positions and not self.use_prefix_positions:
+            x = x + self._positions()  # the patches' positions, before the prefix joins
+        prefix = [self.class_token] if self.use_class_token else []
+        prefix += [self.distillation_token] if self.use_distillation_token else []
+        prefix += [self.register_tokens] if self.num_register_tokens else []
+        if prefix:
+            prefix = [ops.broadcast_to(ops.cast(t, x.dtype), (batch, t.shape[1], self.hidden_dim)) for t in prefix]
+            x = ops.concatenate([*prefix, x], axis=1)  # (B, prefix + N, D)
+        if add_positions and self.use_prefix_positions:
             x = x + self._positions()
         return x
 
@@ -235,8 +284,8 @@ class PatchEmbedding(keras.layers.Layer):
         """Assigns a learned position embedding, resampling it to this layer's grid.
 
         Args:
-            embedding: array (1, num_prefix_tokens + h * w, D) from a model at another
-                (or the same) resolution.
+            embedding: array (1, num_prefix_positions + h * w, D) from a model at
+                another (or the same) resolution.
             source_grid: (h, w) of `embedding`; inferred as square when omitted.
         """
         if self.position_embedding != "learned":
@@ -245,7 +294,7 @@ class PatchEmbedding(keras.layers.Layer):
                 f"Received: position_embedding={self.position_embedding!r}"
             )
         resampled = resample_position_embedding(
-            embedding, self.grid_size, source_grid, self.num_prefix_tokens
+            embedding, self.grid_size, source_grid, self.num_prefix_positions
         )
         self.position_embeddings.assign(resampled)
 
@@ -269,6 +318,8 @@ class PatchEmbedding(keras.layers.Layer):
                 "position_embedding": self.position_embedding,
                 "flatten": self.flatten,
                 "use_distillation_token": self.use_distillation_token,
+                "num_register_tokens": self.num_register_tokens,
+                "use_prefix_positions": self.use_prefix_positions,
             }
         )
         return config

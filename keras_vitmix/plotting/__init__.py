@@ -3,10 +3,10 @@
 set, so this works on servers and in tests.
 
 The figures live in one module per topic, importable from here: `training` (curves,
-confusion matrix) and `attention` (patch grid, attention maps, rollout, attention
-distance, token-mixing weights); `charts` draws plain log-log curves and labelled points
-for `keras_vitmix.cost` (`cost.cost_curves`, `cost.speed_accuracy`); `base` holds what
-they all share.
+confusion matrix) and `attention` (patch grid, attention maps, the class token's
+attention with registers apart, rollout, attention distance, token-mixing weights);
+`charts` draws plain log-log curves and labelled points for `keras_vitmix.cost`
+(`cost.cost_curves`, `cost.speed_accuracy`); `base` holds what they all share.
 
 Every heat map has a colour bar and a colour scale fitted to the values drawn (or a
 stated fixed range: a confusion matrix from 0 images, token-mixing tiles from -1 to 1 of
@@ -18,6 +18,7 @@ from keras_vitmix.plotting.attention import (
     attention_distance,
     attention_heads,
     attention_map,
+    class_attention,
     image_patches,
     query_attention,
     rollout_overlay,
@@ -30,6 +31,7 @@ __all__ = [
     "attention_distance",
     "attention_heads",
     "attention_map",
+    "class_attention",
     "confusion_matrix",
     "image_patches",
     "pyplot",

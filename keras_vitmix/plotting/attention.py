@@ -149,7 +149,7 @@ def query_attention(image, scores, query, grid_shape, head=None, num_prefix_toke
         query: patch index in [0, h * w) or (row, col).
         grid_shape: (h, w), the patch grid.
         head: int head, or None for the mean over heads.
-        num_prefix_tokens: leading class/distillation tokens in the scores.
+        num_prefix_tokens: leading class/distillation/register tokens in the scores.
         layer: the layer when `scores` holds several.
 
     Returns:
@@ -196,20 +196,25 @@ def attention_heads(image, scores, query, grid_shape, num_prefix_tokens=0, layer
     return fig
 
 
-def rollout_overlay(image, rollout, grid_shape, sample=0):
+def rollout_overlay(image, rollout, grid_shape, sample=0, num_prefix_tokens=None, use_class_token=None):
     """Attention rollout on the image: the class token's row (patch columns) or, without
-    a class token, the mean over all queries.
+    a class token, the mean over the patch queries.
 
     Args:
         image: array (H, W, C) or (H, W), pixel values in [0, 255].
-        rollout: (B, N, N) or (N, N) from `inspection.attention_rollout`; N is h * w,
-            or 1 + h * w with a class token first.
+        rollout: (B, N, N) or (N, N) from `inspection.attention_rollout`; N is
+            `num_prefix_tokens` + h * w.
         grid_shape: (h, w), the patch grid.
         sample: index in the batch.
+        num_prefix_tokens: leading class/distillation/register tokens
+            (`inspection.patch_grid(model).num_prefix_tokens`); None reads N = h * w [+ 1]
+            as no prefix or a class token.
+        use_class_token: whether token 0 is a class token; None: when there is a prefix.
+            A model with registers and no class token (timm's reg4_gap) passes False.
 
     Returns:
         A Figure with three axes: the image in full, the rollout over it (colours fitted
-        to its min and max), the rollout's colour bar.
+        to its min and max; prefix columns left out), the rollout's colour bar.
 
     Example:
 
@@ -218,14 +223,100 @@ def rollout_overlay(image, rollout, grid_shape, sample=0):
     rollout = np.asarray(rollout, dtype=np.float32)
     rollout = rollout[sample] if rollout.ndim == 3 else rollout
     (h, w), tokens = grid_shape, rollout.shape[-1]
-    if rollout.ndim != 2 or tokens - h * w not in (0, 1):
-        raise ValueError(f"`rollout` must be (B, N, N) or (N, N) with N = h * w [+ 1]. "
-                         f"Received: shape {rollout.shape}, grid_shape={tuple(grid_shape)}")
-    cls = tokens == h * w + 1
-    heat = rollout[0, 1:] if cls else rollout.mean(axis=0)
+    prefix = tokens - h * w if num_prefix_tokens is None and tokens - h * w in (0, 1) else num_prefix_tokens
+    if rollout.ndim != 2 or prefix is None or tokens != prefix + h * w:
+        expected = "h * w [+ 1]" if num_prefix_tokens is None else "num_prefix_tokens + h * w"
+        raise ValueError(f"`rollout` must be (B, N, N) or (N, N) with N = {expected}. "
+                         f"Received: shape {rollout.shape}, grid_shape={tuple(grid_shape)}, "
+                         f"num_prefix_tokens={num_prefix_tokens}")
+    cls = bool(prefix) if use_class_token is None else bool(use_class_token)
+    heat = rollout[0, prefix:] if cls else rollout[prefix:, prefix:].mean(axis=0)
     fig, axes = pyplot().subplots(1, 2, figsize=(7, 3.4), constrained_layout=True)
     label = "rollout, class token's row" if cls else "rollout, mean over queries"
     image_and_heat(axes, as_image(image), heat.reshape(h, w), label, title="attention rollout")
+    return fig
+
+
+def class_token_attention(heads, grid_shape, num_prefix_tokens):
+    """The class token's attention (query 0) in two parts: over the patches, and over the
+    prefix tokens (itself, a distillation token, registers).
+
+    DINO's and DINOv2's attention pictures are the class token's row drawn on the grid.
+    With registers (Darcet et al., 2024) much of that row goes to the registers; drawn
+    into the map, or renormalized over the patches, it would be hidden, so it is
+    returned apart.
+
+    Args:
+        heads: (heads, N, N) scores of one layer and one image (`layer_heads`).
+        grid_shape: (h, w), the patch grid.
+        num_prefix_tokens: int >= 1, the leading tokens, the class token first.
+
+    Returns:
+        `(maps, prefix)`: (heads, h, w), the weights on the patch columns in grid
+        order, and (heads, num_prefix_tokens), the weights on the prefix columns; per
+        head the two sum to the row's sum, 1.
+    """
+    tokens, (h, w) = heads.shape[-1], grid_shape
+    if num_prefix_tokens < 1 or tokens != num_prefix_tokens + h * w:
+        raise ValueError(
+            "The class token's attention needs scores with a class token first: N must be "
+            "num_prefix_tokens + h * w, num_prefix_tokens >= 1. "
+            f"Received: N={tokens}, grid_shape={tuple(grid_shape)}, num_prefix_tokens={num_prefix_tokens}"
+        )
+    row = heads[:, 0]  # (H, N)
+    return row[:, num_prefix_tokens:].reshape(len(heads), h, w), row[:, :num_prefix_tokens]
+
+
+def class_attention(image, scores, grid_shape, num_prefix_tokens, layer=-1, prefix_names=None):
+    """The class token's attention per head on the image (DINO's picture), and its
+    attention to each prefix token (registers, ...) in a panel of its own.
+
+    Args:
+        image: array (H, W, C) or (H, W), pixel values in [0, 255].
+        scores: one layer's scores (see `attention_map`; the first image of a batch),
+            or several layers with `layer`.
+        grid_shape: (h, w), the patch grid.
+        num_prefix_tokens: int >= 1, leading tokens, the class token first.
+        layer: the layer when `scores` holds several (the last by default).
+        prefix_names: optional names of the prefix tokens (e.g. "class",
+            "register 0"), for the bar panel.
+
+    Returns:
+        A Figure: the image in full; per head the class token's weights on the patches
+        over the image (one colour scale for all heads, its colour bar); a bar panel of
+        its weights on each prefix token (the mean of the heads, each head a dot), on
+        the same scale of attention weight, so that what the registers take is seen
+        and not folded into the map.
+
+    Example:
+
+    >>> fig = class_attention(np.zeros((8, 8)), np.full((2, 6, 6), 1 / 6), (2, 2), 2)
+    """
+    maps, prefix = class_token_attention(layer_heads(scores, layer), grid_shape, num_prefix_tokens)
+    names = list(prefix_names) if prefix_names is not None else [f"prefix {i}" for i in range(num_prefix_tokens)]
+    if len(names) != num_prefix_tokens:
+        raise ValueError(f"`prefix_names` must name the {num_prefix_tokens} prefix tokens. "
+                         f"Received: prefix_names={prefix_names!r}")
+    image, limits = as_image(image), heat_limits(maps)
+    cols = min(1 + len(maps), 4)
+    rows = -(-(1 + len(maps)) // cols)
+    fig = pyplot().figure(figsize=(2.4 * cols + 0.8, 2.4 * rows + 2.2), layout="constrained")
+    layout = fig.add_gridspec(rows + 1, cols, height_ratios=[2.4] * rows + [2.0])
+    axes = [fig.add_subplot(layout[i // cols, i % cols]) for i in range(1 + len(maps))]
+    show_image(axes[0], image, title="image")
+    for h, (ax, heat) in enumerate(zip(axes[1:], maps)):
+        drawn = overlay(ax, image, heat, limits, title=f"head {h}")
+    fig.colorbar(drawn, ax=axes[1:], label="weight on a patch", shrink=0.8)
+    bars, positions = fig.add_subplot(layout[rows, :]), np.arange(num_prefix_tokens)
+    bars.bar(positions, prefix.mean(axis=0), color="0.6", label="mean of heads")
+    bars.scatter(np.repeat(positions[None], len(prefix), 0).ravel(), prefix.ravel(), s=10, color="black",
+                 zorder=3, label="one head")
+    bars.set_xticks(positions, names, fontsize=8)
+    bars.set_ylabel("weight", fontsize=8)
+    bars.legend(fontsize=7)
+    patch_share = float(maps.sum(axis=(1, 2)).mean())
+    bars.set_title(f"the class token's weight on each prefix token (on the patches: {patch_share:.0%} "
+                   "on average), apart from the maps", fontsize=9)
     return fig
 
 

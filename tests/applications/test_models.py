@@ -19,6 +19,11 @@ TIMM_PARAMS = {
     "convmixer_768_32": 21_110_248,
     "convmixer_1536_20": 51_625_960,
     "deit_tiny_distilled_patch16_224": 5_910_800,
+    # at their registered 518 and 256 px (tests/test_weights_registers.py asks timm)
+    "vit_small_patch14_dinov2": 22_056_192,
+    "vit_small_patch14_reg4_dinov2": 22_057_344,
+    "vit_base_patch14_reg4_dinov2": 86_582_016,
+    "vit_base_patch16_reg4_gap_256": 86_615_272,
 }
 LARGE = {name for name, count in TIMM_PARAMS.items() if count > 20_000_000}
 BATCH = 2
@@ -36,9 +41,10 @@ def skip_large(name):
 
 
 def small_input_shape(name):
-    """The registered size, or a small one where the variant is ImageNet-size."""
+    """The registered size, or a small one where the variant is ImageNet-size (224 px
+    and up: DINOv2's 518 too)."""
     config = model_info(name)["config"]
-    if "input_shape" in config:
+    if "input_shape" in config and config["input_shape"][0] < 224:
         return tuple(config["input_shape"])
     patch = config.get("patch_size", 16)
     return (2 * patch, 2 * patch, 3) if patch >= 14 else (4 * patch, 4 * patch, 3)
@@ -75,10 +81,11 @@ ALL = [params(n) for n in distinct_architectures(list_models())]
 
 @pytest.fixture(scope="module", params=ALL)
 def built(request):
-    """(name, model at a small input size with 7 classes, input batch)."""
+    """(name, model at a small input size with 7 classes, input batch); backbone
+    variants (DINOv2, registered without a head) get one."""
     name = request.param
     shape = small_input_shape(name)
-    model = create_model(name, input_shape=shape, classes=7)
+    model = create_model(name, input_shape=shape, classes=7, include_top=True)
     yield name, model, images(shape)
     keras.backend.clear_session()
 
@@ -98,7 +105,8 @@ def test_registry_is_complete():
 @pytest.mark.parametrize("name", [params(n) for n in TIMM_PARAMS])
 def test_parameter_count_matches_timm(name):
     model = create_model(name)
-    assert model.input_shape == (None, 224, 224, 3)
+    size = model_info(name)["config"].get("input_shape", (224, 224, 3))
+    assert model.input_shape == (None, *size)
     trainable = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
     assert trainable == TIMM_PARAMS[name]
     keras.backend.clear_session()
@@ -160,6 +168,7 @@ def _feature_shapes(name, shape):
         return (BATCH, dim), (BATCH, *grid, dim)
     prefix = int(config.get("use_class_token", family == "ViT"))
     prefix += int(config.get("use_distillation_token", False))  # DeiT's second token
+    prefix += config.get("num_register_tokens", 0)
     tokens = grid[0] * grid[1] + prefix
     return (BATCH, dim), (BATCH, tokens, dim)
 
@@ -205,7 +214,7 @@ def test_input_shape_and_classes_overrides(built):
     skip_large(name)
     shape = x.shape[1:]
     bigger = (2 * shape[0], 2 * shape[1], 3)
-    other = create_model(name, input_shape=bigger, classes=3, classifier_activation=None)
+    other = create_model(name, input_shape=bigger, classes=3, classifier_activation=None, include_top=True)
     assert other.input_shape == (None, *bigger)
     assert other.output_shape == (None, 3)
     out = keras.ops.convert_to_numpy(other(images(bigger)))

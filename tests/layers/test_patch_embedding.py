@@ -250,3 +250,68 @@ def test_bad_arguments_raise(name, value):
 
 def test_bad_patch_size_pair_quotes_the_pair():
     lc.check_bad_argument(PatchEmbedding, {"hidden_dim": lc.DIM}, "patch_size", (4, 0))
+
+
+REGISTERS = {"use_class_token": True, "num_register_tokens": 3}
+
+
+@pytest.mark.parametrize("use_prefix_positions", [True, False])
+@pytest.mark.parametrize("use_distillation_token", [False, True])
+def test_register_tokens_follow_the_class_and_distillation_tokens(use_prefix_positions, use_distillation_token):
+    # timm's order: class, (distillation,) registers, patches (VisionTransformer._pos_embed).
+    layer = built(**REGISTERS, use_distillation_token=use_distillation_token, use_prefix_positions=use_prefix_positions)
+    lc.randomize_weights(layer, seed=10)
+    prefix = 1 + int(use_distillation_token) + 3
+    assert layer.num_prefix_tokens == prefix
+    assert layer.num_prefix_positions == (prefix if use_prefix_positions else 0)
+    assert tuple(layer.register_tokens.shape) == (1, 3, lc.DIM)
+    assert tuple(layer.position_embeddings.shape) == (1, layer.num_prefix_positions + lc.TOKENS, lc.DIM)
+    plain = built(position_embedding=None)
+    for source, target in zip(layer.projection.weights, plain.projection.weights):
+        target.assign(source)
+    x = lc.random_array(IMAGES, seed=11)
+    out = lc.to_numpy(layer(x))
+    assert out.shape == tuple(layer.compute_output_shape(IMAGES)) == (lc.BATCH, prefix + lc.TOKENS, lc.DIM)
+    tokens = [layer.class_token] + ([layer.distillation_token] if use_distillation_token else [])
+    expected_prefix = np.concatenate([lc.to_numpy(t)[0] for t in tokens] + [lc.to_numpy(layer.register_tokens)[0]])
+    positions = lc.to_numpy(layer.position_embeddings)[0]
+    patches = lc.to_numpy(plain(x))
+    if use_prefix_positions:  # concatenate, then add positions to every token
+        expected_prefix = expected_prefix + positions[:prefix]
+        patches = patches + positions[prefix:]
+    else:  # timm's no_embed_class: positions on the patches only, then concatenate
+        patches = patches + positions
+    np.testing.assert_allclose(out[:, :prefix], np.broadcast_to(expected_prefix, (lc.BATCH, prefix, lc.DIM)), atol=1e-6)
+    np.testing.assert_allclose(out[:, prefix:], patches, atol=1e-5)
+    clone = PatchEmbedding.from_config(layer.get_config())
+    assert (clone.num_register_tokens, clone.use_prefix_positions) == (3, use_prefix_positions)
+
+
+def test_registers_without_a_class_token_and_sincos_positions():
+    layer = built(num_register_tokens=2, use_prefix_positions=False, position_embedding="sincos")
+    for weight in layer.projection.weights:
+        weight.assign(np.zeros(weight.shape, "float32"))
+    out = lc.to_numpy(layer(lc.random_array(IMAGES)))
+    registers = lc.to_numpy(layer.register_tokens)[0]
+    np.testing.assert_allclose(out[:, :2], np.broadcast_to(registers, (lc.BATCH, 2, lc.DIM)), atol=1e-7)
+    table = sincos_position_embedding((GRID, GRID), lc.DIM)
+    np.testing.assert_allclose(out[:, 2:], np.broadcast_to(table, (lc.BATCH, lc.TOKENS, lc.DIM)), atol=1e-6)
+
+
+def test_set_position_embeddings_without_prefix_positions():
+    source = built(**REGISTERS, use_prefix_positions=False)
+    lc.randomize_weights(source, seed=12)
+    embedding = lc.to_numpy(source.position_embeddings)  # (1, 16, D): the patches only
+    target = built(images=(lc.BATCH, 24, 24, 3), **REGISTERS, use_prefix_positions=False)
+    target.set_position_embeddings(embedding)
+    expected = resample_position_embedding(embedding, (6, 6), num_prefix_tokens=0)
+    np.testing.assert_allclose(lc.to_numpy(target.position_embeddings), expected, atol=1e-6)
+
+
+def test_register_tokens_bad_arguments():
+    with pytest.raises(ValueError, match="num_register_tokens=2, flatten=False"):
+        PatchEmbedding(lc.DIM, PATCH, num_register_tokens=2, flatten=False)
+    with pytest.raises(ValueError, match="num_register_tokens=-1"):
+        PatchEmbedding(lc.DIM, PATCH, num_register_tokens=-1)
+    with pytest.raises(TypeError, match="num_register_tokens=2.0"):
+        PatchEmbedding(lc.DIM, PATCH, num_register_tokens=2.0)
