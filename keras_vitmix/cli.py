@@ -16,7 +16,15 @@ from keras_vitmix_cli.parser import BACKENDS, PIPELINES, build_parser  # noqa: F
 
 
 def _train(args):
-    from keras_vitmix import training
+    from keras_vitmix import distribution, training
+
+    if args.coordinator is not None or args.num_processes is not None or args.process_id is not None:
+        if args.distribute != "data_parallel":
+            raise ValueError(
+                "--coordinator, --num-processes and --process-id join a data-parallel run. Received: "
+                f"--distribute {args.distribute}"
+            )
+        distribution.initialize_processes(args.coordinator, args.num_processes, args.process_id)
 
     # Given only when given, so that train's own defaults apply otherwise.
     fractions = {name: getattr(args, name) for name in ("validation_fraction", "test_fraction")

@@ -7,7 +7,9 @@ step gathers the images and labels, augments them with Keras's own layers
 (`keras_vitmix.augmentation.BatchAugmentation`) and trains, all inside the one compiled
 function `model.fit` builds, under jax, torch and tensorflow alike, with no TensorFlow
 needed. A host pipeline instead decodes, augments and copies every batch, which kept an
-H200 waiting ~98% of the time on CIFAR-10 (issue #28).
+H200 waiting ~98% of the time on CIFAR-10 (issue #28). Data too large to hold streams
+through tf.data as uint8 batches into the same step and the same augmentation
+(`keras_vitmix.training_data.StreamedFeed`).
 
 `DeviceTrainer` wraps the model being trained: `fit` on it trains the wrapped model's own
 variables, and the run's checkpoints save the wrapped model (`DeviceTrainer.network`),
@@ -75,20 +77,17 @@ class HeldData(keras.layers.Layer):
 
     They are the data, not the model: `save_own_variables` writes nothing, so a resumable
     backup holds only the weights and the optimizer, and a resumed run re-reads the data.
-    `targets` holds the current batch's (possibly mixed) one-hot targets, written by the
-    forward pass and read by the loss (`DeviceTrainer.compute_loss`) in the same step.
+    Under `keras.distribution.DataParallel` they are replicated on every device (a
+    variable's default layout there): the data the device pipeline holds fits one
+    device's share by construction (`check_fits`), and a replica gathers its part of each
+    batch from its own copy with no traffic between devices. Under
+    `tf.distribute.MirroredStrategy` they are mirrored, for the same reason.
     """
 
-    def __init__(self, images, labels, batch_size, num_classes, **kwargs):
+    def __init__(self, images, labels, **kwargs):
         super().__init__(**kwargs)
         self.images = keras.Variable(images, dtype="uint8", trainable=False, name="images")
         self.labels = keras.Variable(labels, dtype="int32", trainable=False, name="labels")
-        # autocast=False: under a mixed policy Keras's torch backend reads an autocast
-        # variable as a cast copy, and `assign` wrote into that copy (the loss then saw
-        # zeros and nothing learned: tests/test_training.py's mixed-precision run).
-        self.targets = keras.Variable(
-            np.zeros((batch_size, num_classes), "float32"), trainable=False, autocast=False, name="targets"
-        )
         self.built = True
 
     def save_own_variables(self, store):
@@ -99,56 +98,99 @@ class HeldData(keras.layers.Layer):
 
 
 class DeviceTrainer(keras.Model):
-    """Trains `network` on data held on the device, augmented inside the training step.
+    """Trains `network` with the batch augmented inside the compiled training step.
 
-    Called on a rank-1 batch of indices, it gathers those held images (and, in training,
-    augments them and records their targets for the loss); called on a batch of images
-    (B, H, W, C), it runs the network on them, averaged with their mirror images when
-    `test_time_flip` is set. Training accuracy is measured against each image's own label,
-    before MixUp or CutMix.
+    One core for both feeds of `keras_vitmix.training_data`:
+
+    - the held feed calls it on a rank-1 batch of indices into `images`/`labels` held on
+      the device (`HeldData`): the step gathers the images and their labels there, so
+      labels reach the device once, with the images;
+    - the streamed feed (tf.data) calls it on a dict {"images": uint8 pixels, "labels":
+      ints}.
+
+    In training, both are then augmented by one `BatchAugmentation` (the same layer
+    objects, the same MixUp/CutMix choice) and the call returns a dict of the network's
+    `probabilities`, the (possibly mixed) one-hot `targets` the loss reads
+    (`compute_loss`) and the images' own `labels` that accuracy is measured against
+    (`compute_metrics`): the targets travel as an output of the step, not through a
+    variable written inside `call` (which Keras's torch backend read as a stale cast copy
+    under a mixed policy, 6dff7ad). Called on images (B, H, W, C), or outside training,
+    it predicts: the network's probabilities, averaged with those of the mirror images
+    when `test_time_flip` is set, so validation in `fit`, `evaluate` and the final score
+    all follow one test-time-flip rule on both feeds.
 
     Args:
         network: the `keras.Model` to train (pixels in [0, 255] in, probabilities out).
-        images: uint8 array (N, H, W, C), the training images.
-        labels: int array (N,).
-        batch_size: int, the training batch size.
+        images: None (streamed feed), or uint8 array (N, H, W, C) to hold.
+        labels: None, or int array (N,) with `images`.
         augment: a policy name of `keras_vitmix.augmentation.AUGMENTATIONS`.
         flip: whether horizontal flips keep the labels (augmentation and test-time flip).
-        test_time_flip: whether inference on images averages each image and its mirror.
+        test_time_flip: whether inference averages each image and its mirror.
         seed: int, seeds the augmentation.
     """
 
-    def __init__(self, network, images, labels, batch_size, augment="light", flip=True, test_time_flip=False,
+    def __init__(self, network, images=None, labels=None, augment="light", flip=True, test_time_flip=False,
                  seed=0, **kwargs):
         super().__init__(name=kwargs.pop("name", f"{network.name}_on_device"), **kwargs)
         num_classes = int(network.output_shape[-1])
         self.network = network
-        self.held = HeldData(images, labels, batch_size, num_classes, name="held_data")
-        self.augmentation = BatchAugmentation(augment, images.shape[1:], num_classes, flip, seed)
+        self.held = None if images is None else HeldData(images, labels, name="held_data")
+        image_shape = tuple(network.input_shape[1:]) if images is None else images.shape[1:]
+        self.augmentation = BatchAugmentation(augment, image_shape, num_classes, flip, seed)
         self.augmentation.build()
         self.test_time_flip = bool(test_time_flip and flip)
         self.built = True
 
+    def _batch(self, inputs):
+        """(images, labels) of a training input: gathered indices, or a streamed dict."""
+        if isinstance(inputs, dict):
+            return inputs["images"], inputs["labels"]
+        if self.held is None:
+            raise ValueError(
+                "This DeviceTrainer holds no images: call it on images (B, H, W, C) or on a dict "
+                f"{{'images', 'labels'}}. Received: a batch of shape {tuple(inputs.shape)}"
+            )
+        indices = ops.cast(inputs, "int32")
+        return ops.take(self.held.images, indices, axis=0), ops.take(self.held.labels, indices, axis=0)
+
     def call(self, inputs, training=False):
-        if len(inputs.shape) == 1:  # indices into the held images
-            indices = ops.cast(inputs, "int32")
-            images = ops.take(self.held.images, indices, axis=0)
-            if training:
-                labels = ops.take(self.held.labels, indices, axis=0)
-                images, targets = self.augmentation(images, labels)
-                self.held.targets.assign(targets)
-            return self.network(ops.cast(images, "float32"), training=training)
-        images = ops.cast(inputs, "float32")
+        if not isinstance(inputs, dict) and len(inputs.shape) != 1:
+            return self.predict_images(inputs, training=training)
+        images, labels = self._batch(inputs)
+        if not training:
+            return self.predict_images(images)
+        images, targets = self.augmentation(images, labels)
+        probabilities = self.network(ops.cast(images, "float32"), training=True)
+        return {"probabilities": probabilities, "targets": targets, "labels": labels}
+
+    def predict_images(self, images, training=False):
+        """The network's probabilities for pixels, with the test-time flip outside training."""
+        images = ops.cast(images, "float32")
         probabilities = self.network(images, training=training)
         if self.test_time_flip and not training:
             mirrored = self.network(ops.flip(images, axis=2), training=False)
             probabilities = (probabilities + mirrored) / 2
         return probabilities
 
+    def _labels(self, x):
+        """The labels of a batch given without `y` (indices or a streamed dict), or None."""
+        if isinstance(x, dict) or (x is not None and len(x.shape) == 1 and self.held is not None):
+            return self._batch(x)[1]
+        return None
+
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
-        if training and x is not None and len(x.shape) == 1:
-            y = ops.convert_to_tensor(self.held.targets)  # this step's augmented targets
+        if isinstance(y_pred, dict):  # a training step: the loss reads this step's targets
+            y, y_pred = y_pred["targets"], y_pred["probabilities"]
+        elif y is None:
+            y = self._labels(x)
         return super().compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=training)
+
+    def compute_metrics(self, x, y, y_pred, sample_weight=None):
+        if isinstance(y_pred, dict):  # accuracy against each image's own label, before mixing
+            y, y_pred = y_pred["labels"], y_pred["probabilities"]
+        elif y is None:
+            y = self._labels(x)
+        return super().compute_metrics(x, y, y_pred, sample_weight=sample_weight)
 
     @property
     def output_shape(self):
@@ -161,31 +203,49 @@ class DeviceTrainer(keras.Model):
 
 
 class IndexBatches(keras.utils.PyDataset):
-    """Batches of (indices, labels) over a split, a seeded permutation per epoch.
+    """Batches of indices into the held training split, a seeded permutation per epoch.
 
     The last, partial batch is dropped (a different remainder each epoch), so every step
     has one shape and compiles once. The order of epoch `e` depends only on (`seed`, `e`):
     a resumed run sees the same batches as one that was not interrupted, once
     `set_epoch` is called with the epoch (`EpochOrder` does that).
+
+    With several processes (`keras.distribution.initialize`), every process draws the
+    same global permutation and yields its own `1 / process_count` of each global batch:
+    Keras's JAX trainer assembles the processes' parts into the global batch
+    (`jax.make_array_from_process_local_data`).
+
+    Args:
+        count: the number of held examples (or their labels, whose length is taken).
+        batch_size: int, the global batch size.
+        seed: int.
+        process_index, process_count: this process's place among the processes.
     """
 
-    def __init__(self, labels, batch_size, seed=0):
+    def __init__(self, count, batch_size, seed=0, process_index=0, process_count=1):
         super().__init__()
-        self.labels = np.asarray(labels, "int32")
-        self.batch_size = min(int(batch_size), len(self.labels))
+        self.count = count if isinstance(count, int) else len(count)
+        self.batch_size = min(int(batch_size), self.count)
+        if self.batch_size % process_count:
+            raise ValueError(
+                f"The global batch must split evenly over {process_count} processes. Received: "
+                f"batch_size={batch_size}"
+            )
+        self.process_index, self.process_count = int(process_index), int(process_count)
         self.seed = int(seed)
         self.set_epoch(0)
 
     def set_epoch(self, epoch):
         self.epoch = int(epoch)
-        self.order = np.random.default_rng([self.seed, self.epoch]).permutation(len(self.labels)).astype("int32")
+        self.order = np.random.default_rng([self.seed, self.epoch]).permutation(self.count).astype("int32")
 
     def __len__(self):
-        return len(self.labels) // self.batch_size
+        return self.count // self.batch_size
 
     def __getitem__(self, index):
         chosen = self.order[index * self.batch_size:(index + 1) * self.batch_size]
-        return chosen, self.labels[chosen]
+        local = self.batch_size // self.process_count
+        return chosen[self.process_index * local:(self.process_index + 1) * local]
 
 
 class EpochOrder(keras.callbacks.Callback):

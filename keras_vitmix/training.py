@@ -19,7 +19,8 @@ import warnings
 
 import keras
 
-from keras_vitmix import saving
+from keras_vitmix import distribution, saving
+from keras_vitmix.distribution import distribution_scope  # noqa: F401  (training.distribution_scope, as before)
 from keras_vitmix.applications._common import Application
 from keras_vitmix.augmentation import policy_name
 from keras_vitmix.datasets.info import check_fractions
@@ -28,7 +29,7 @@ from keras_vitmix.run_record import closing_line, run_metadata, run_metrics, tra
 from keras_vitmix.losses import ClassificationLoss
 from keras_vitmix.metrics import accuracy_metrics
 from keras_vitmix.training_callbacks import EpochTimer, callbacks
-from keras_vitmix.training_data import PIPELINES, TrainingData, build_network, recipe_family
+from keras_vitmix.training_data import PIPELINES, build_network, recipe_family, training_data
 
 # Variables named so are not decayed (LayerNorm/BatchNorm gamma/beta, biases, ...).
 NO_WEIGHT_DECAY = ("bias", "gamma", "beta", "position_embeddings", "class_token", "layer_scale")
@@ -123,31 +124,6 @@ def _tf_replicas():
     return tf.distribute.get_strategy().num_replicas_in_sync
 
 
-def distribution_scope(distribute):
-    """A context for building and compiling under `distribute` ("data_parallel" or None)."""
-    import contextlib
-
-    if distribute in (None, "none"):
-        return contextlib.nullcontext()
-    if distribute != "data_parallel":
-        raise ValueError(f"`distribute` must be None or 'data_parallel'. Received: distribute={distribute!r}")
-    backend = keras.backend.backend()
-    if backend == "jax":
-        devices = keras.distribution.list_devices()
-        keras.distribution.set_distribution(keras.distribution.DataParallel(devices=devices))
-        return contextlib.nullcontext()
-    if backend == "tensorflow":
-        import tensorflow as tf
-
-        # Every GPU, or else every logical CPU device (several only when configured).
-        devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
-        return tf.distribute.MirroredStrategy(devices=[d.name for d in devices]).scope()
-    raise ValueError(
-        "Data parallelism is supported under the jax (keras.distribution.DataParallel) and "
-        f"tensorflow (tf.distribute.MirroredStrategy) backends. Received: KERAS_BACKEND={backend}"
-    )
-
-
 def write_json(path, payload):
     """Writes JSON atomically: a temporary file moved into place."""
     tmp = f"{path}.tmp"
@@ -218,7 +194,11 @@ def train(
             "light", "medium", "strong"; False/True mean "none"/"light").
         mixed_precision: bool, train under the "mixed_bfloat16" policy.
         jit_compile: "auto", True (XLA; tensorflow and jax) or False.
-        distribute: None or "data_parallel" (tf.data pipeline only).
+        distribute: None or "data_parallel": every step's batch split over all devices
+            by `keras.distribution.DataParallel` (JAX; several processes join through
+            `keras.distribution.initialize`, see `keras_vitmix.distribution`) or
+            `tf.distribute.MirroredStrategy` (TensorFlow), on either pipeline; under
+            torch a ValueError. `batch_size` is the global batch.
         output_dir: folder for model.keras (best by validation accuracy, the later
             epoch on a tie), last.keras, history.csv, curves.png, metrics.json and the
             resumable backup/.
@@ -233,8 +213,9 @@ def train(
             each batch inside the compiled step (`keras_vitmix.device_pipeline`; no
             TensorFlow needed); "tf.data" streams batches from storage; "auto" picks
             "device" when the training images fit the device
-            (`device_pipeline.MEMORY_FRACTION` of its memory) and no `distribute`, else
-            "tf.data".
+            (`device_pipeline.MEMORY_FRACTION` of its memory), else "tf.data";
+            metrics.json's `pipeline_reason` says why. Both augment each batch inside
+            the compiled step with the same layers.
         recipe: None (chosen from the data), or a name of `keras_vitmix.recipes.RECIPES`.
         drop_path_rate: stochastic depth for registered names whose family takes it
             (the recipe's by default); given explicitly, it rebuilds a given model.
@@ -264,8 +245,7 @@ def _check_arguments(args):
     epochs = args["epochs"]
     if isinstance(epochs, bool) or (epochs is not None and (not isinstance(epochs, int) or epochs < 1)):
         raise ValueError(f"`epochs` must be an integer >= 1. Received: epochs={epochs!r}")
-    if args["distribute"] not in (None, "none", "data_parallel"):
-        raise ValueError(f"`distribute` must be None or 'data_parallel'. Received: distribute={args['distribute']!r}")
+    distribution.check_distribute(args["distribute"])
     if args["pipeline"] not in PIPELINES:
         raise ValueError(f"`pipeline` must be one of {PIPELINES}. Received: pipeline={args['pipeline']!r}")
     if args["recipe"] is not None and args["recipe"] not in recipes.RECIPES:
@@ -279,11 +259,13 @@ def _train(args):
     """`train` after its arguments are checked: data, run description, fit, score, record."""
     from keras_vitmix import recipes
 
+    if args["distribute"] == "data_parallel":
+        distribution.initialize_processes()  # before JAX computes anything
     keras.utils.set_random_seed(args["seed"])
     model = args["model"]
     if isinstance(model, (str, os.PathLike)) and os.fspath(model).endswith(".keras"):
         model = saving.load_model(model, compile=False)
-    data = TrainingData(
+    data = training_data(
         args["dataset"], args["image_size"], model, args["seed"], args["validation_fraction"], args["pipeline"],
         args["distribute"], args["test_fraction"],
     )
@@ -299,9 +281,12 @@ def _train(args):
     if args["mixed_precision"]:
         keras.config.set_dtype_policy("mixed_bfloat16")
     try:
-        with distribution_scope(args["distribute"]):
+        with distribution_scope(args["distribute"], shard_dataset=data.pipeline == "tf.data"):
+            distribution.check_batch(run["batch_size"], args["distribute"])
+            devices = distribution.describe(args["distribute"])
             net = build_network(model, data.size, info.num_classes, args["model_overrides"], run["drop_path_rate"],
-                                explicit=_explicit_architecture(args))
+                                explicit=_explicit_architecture(args), distributed=devices["strategy"] is not None)
+            distribution.check_network(net)
             compile_for_training(
                 net, run["epochs"] * steps, run["learning_rate"], run["weight_decay"], run["warmup_epochs"] * steps,
                 run["label_smoothing"], clipnorm=run["clipnorm"], jit_compile=args["jit_compile"],
@@ -321,7 +306,8 @@ def _train(args):
         )
         start = time.perf_counter()
         trainer.fit(
-            batches, validation_data=data.validation(run["batch_size"]), epochs=run["epochs"],
+            batches, validation_data=data.validation(run["batch_size"], distribution.local_replicas(args["distribute"])),
+            epochs=run["epochs"],
             callbacks=run_callbacks, verbose=fit_verbosity(args["verbose"]), shuffle=False,
         )
         wall = time.perf_counter() - start
@@ -335,7 +321,7 @@ def _train(args):
     times = next(c for c in run_callbacks if isinstance(c, EpochTimer)).times
     seen = min(info.num_examples, steps * run["batch_size"])  # training images per epoch
     metrics = run_metrics(net, data, scores, times, wall, resuming, seen, run)
-    metrics.update(metadata=metadata)  # where any model's run is read back (evaluation.run_metadata)
+    metrics.update(pipeline_reason=data.reason, distribution=devices, metadata=metadata)  # where any model's run is read back (evaluation.run_metadata)
     write_json(os.path.join(output_dir, "metrics.json"), metrics)
     print(closing_line(metrics, output_dir))
     return metrics

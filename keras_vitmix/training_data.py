@@ -1,13 +1,26 @@
-"""The data of a training run, for either pipeline: `TrainingData` reads or streams the
-splits, builds the model `fit` runs (the network itself, or a
-`keras_vitmix.device_pipeline.DeviceTrainer` holding the data) and scores the test split.
-`keras_vitmix.training.train` drives it.
+"""The data of a training run and how it reaches the model: one core, two feeds.
+
+`training_data` reads a run's splits and returns one of two feeds behind one interface
+(`TrainingData`):
+
+- `HeldFeed` (pipeline "device"): every split read into memory (`datasets.load_arrays`,
+  or the arrays given), the training images held on the accelerator; each step gets a
+  batch of indices.
+- `StreamedFeed` (pipeline "tf.data"): data too large to hold streams from storage
+  through tf.data as uint8 batches of images and labels.
+
+Both train the same core, `keras_vitmix.device_pipeline.DeviceTrainer`: the batch is
+augmented inside the compiled step by one `augmentation.BatchAugmentation`, validation
+and the final scores predict with one test-time-flip rule (`predict_batches`), and
+`keras.distribution` (JAX) or `tf.distribute` (TensorFlow) spreads either feed over
+devices. `keras_vitmix.training.train` drives it.
 """
 
 import dataclasses
 import os
 
 import keras
+import numpy as np
 
 from keras_vitmix.losses import ClassificationLoss
 from keras_vitmix.metrics import accuracy_metrics, top1_accuracy, top5_accuracy
@@ -15,91 +28,59 @@ from keras_vitmix.metrics import accuracy_metrics, top1_accuracy, top5_accuracy
 PIPELINES = ("auto", "device", "tf.data")
 
 
-class TrainingData:
-    """The splits of a run and how they reach the model, for either pipeline.
+def training_data(dataset, image_size, model, seed, validation_fraction, pipeline, distribute, test_fraction):
+    """The feed of a run: a `HeldFeed` for data held in memory, else a `StreamedFeed`.
 
-    The device pipeline reads every split into memory (`datasets.load_arrays`, or the
-    arrays given) and trains a `device_pipeline.DeviceTrainer`; tf.data streams them
-    (`datasets.load`) into the model itself.
+    "auto" holds a named dataset whose training images fit the device's share
+    (`device_pipeline.check_fits`) and streams it otherwise; the feed's `reason` says
+    which and why (metrics.json records it).
+    """
+    from keras_vitmix import datasets
+
+    if isinstance(dataset, (tuple, list, dict)):
+        return HeldFeed.from_arrays(dataset, image_size, model, seed, validation_fraction, pipeline, test_fraction)
+    size = datasets.as_image_size(image_size) or model_image_size(model)
+    load = dict(image_size=size, seed=seed, validation_fraction=validation_fraction, test_fraction=test_fraction)
+    chosen, reason = _choose_pipeline(pipeline, dataset, size, validation_fraction)
+    if chosen == "device":
+        return HeldFeed.from_dataset(dataset, load, reason)
+    return StreamedFeed(dataset, load, reason)
+
+
+class TrainingData:
+    """What both feeds share: the splits' infos, the core they train, and scoring.
+
+    Attributes:
+        pipeline: "device" or "tf.data".
+        reason: why the run uses this feed.
+        info, validation_info, test_info: the splits' `DatasetInfo`.
+        size: (height, width) of the images.
     """
 
-    def __init__(self, dataset, image_size, model, seed, validation_fraction, pipeline, distribute, test_fraction):
+    pipeline = None
+
+    def __init__(self, infos, size, seed, reason):
         from keras_vitmix import datasets
 
-        self.seed = seed
-        in_memory = isinstance(dataset, (tuple, list, dict))
-        if in_memory:
-            classes = int(model.output_shape[-1]) if isinstance(model, keras.Model) else None
-            self.splits, infos = _array_splits(dataset, seed, validation_fraction, test_fraction, classes)
-            self.info, self.validation_info, self.test_info = (infos[split] for split in datasets.SPLITS)
-            self.size = self.info.image_shape[:2]
-            wanted = datasets.as_image_size(image_size) or model_image_size(model)
-            if tuple(wanted) != tuple(self.size):
-                raise ValueError(
-                    f"The images are {self.size[0]}x{self.size[1]} and the model takes {wanted[0]}x{wanted[1]}: "
-                    "resize the arrays, or build the model for their size. "
-                    f"Received: images of shape {self.splits['train'][0].shape}"
-                )
-            if pipeline == "tf.data":
-                raise ValueError(
-                    "In-memory arrays train through the device pipeline. Received: pipeline='tf.data' with arrays "
-                    "(wrap them in a tf.data.Dataset and call model.fit for a tf.data pipeline of your own)"
-                )
-        if not in_memory:
-            self.size = datasets.as_image_size(image_size) or model_image_size(model)
-        self.pipeline = "device" if in_memory else _choose_pipeline(pipeline, dataset, self.size, distribute, validation_fraction)
-        if self.pipeline == "device" and distribute not in (None, "none"):
-            raise ValueError(
-                "The device pipeline trains on one device. Received: pipeline='device' with "
-                f"distribute={distribute!r}; use pipeline='tf.data' for data parallelism."
-            )
-        if in_memory:
-            return
-        load = dict(image_size=self.size, seed=seed, validation_fraction=validation_fraction, test_fraction=test_fraction)
-        if self.pipeline == "device":
-            from keras_vitmix import device_pipeline
-
-            self.splits, infos = {}, {}
-            for split in datasets.SPLITS:
-                images, labels, infos[split] = datasets.load_arrays(dataset, split, **load)
-                self.splits[split] = (images, labels)
-                if split == "train":
-                    device_pipeline.check_fits(images.nbytes, f"The training images of {infos[split].name}")
-            self.info, self.validation_info, self.test_info = (infos[split] for split in datasets.SPLITS)
-        else:
-            self.dataset, self.load = dataset, load
-            self.info, self.validation_info, self.test_info = (
-                datasets.load(dataset, split, batch_size=1, **load)[1] for split in datasets.SPLITS
-            )
+        self.info, self.validation_info, self.test_info = (infos[split] for split in datasets.SPLITS)
+        self.size, self.seed, self.reason = tuple(size), seed, reason
 
     @property
     def has_test(self):
         """Whether the run has a test split: images never used to select a checkpoint."""
         return self.test_info.num_examples > 0
 
-    def training_batches(self, batch_size, augment, seed):
-        if self.pipeline == "device":
-            from keras_vitmix.device_pipeline import IndexBatches
-
-            return IndexBatches(self.splits["train"][1], batch_size, seed)
-        from keras_vitmix import datasets
-
-        # One batch shape: XLA compiles one training step, not a second for the last batch.
-        ds, _ = datasets.load(
-            self.dataset, "train", batch_size=batch_size, augment=augment, drop_remainder=True, **self.load
-        )
-        return ds
+    def held(self):
+        """(images, labels) to hold on the device, or (None, None)."""
+        return None, None
 
     def trainer(self, net, run, seed, jit_compile):
-        """The model `fit` runs: `net` itself, or a DeviceTrainer holding the data."""
-        if self.pipeline != "device":
-            return net
+        """The model `fit` runs: a `DeviceTrainer` around `net`, compiled as `net` is."""
         from keras_vitmix.device_pipeline import DeviceTrainer
 
-        images, labels = self.splits["train"]
         trainer = DeviceTrainer(
-            net, images, labels, min(run["batch_size"], len(labels)), augment=run["augment"],
-            flip=self.info.flip_invariant, test_time_flip=run["test_time_flip"], seed=seed,
+            net, *self.held(), augment=run["augment"], flip=self.info.flip_invariant,
+            test_time_flip=run["test_time_flip"], seed=seed,
         )
         trainer.compile(
             optimizer=net.optimizer, loss=net.loss, metrics=accuracy_metrics(net.output_shape[-1]), jit_compile=jit_compile
@@ -107,30 +88,163 @@ class TrainingData:
         return trainer
 
     def callbacks(self, batches):
-        if self.pipeline != "device":
-            return ()
+        return ()
+
+    def score(self, model, batch_size, flip, label_smoothing, split="test"):
+        """Loss, accuracy (and top-5) of `model` on a split, each image's prediction
+        averaged with its mirror's when `flip`; read as the run's feed read it."""
+        return score_batches(model, self.batches(split, batch_size), flip, label_smoothing)
+
+    def validation(self, batch_size, replicas=1):
+        """`fit`'s validation data: batches of (images, labels), or where `replicas` > 1
+        (JAX's data parallelism, which splits every batch evenly over the devices)
+        (images, labels, weights) with the last batch padded to a multiple of `replicas`
+        by rows of weight 0: accuracy is exact, and the loss counts the at most
+        `replicas - 1` padding rows as 0 in its mean."""
+        raise NotImplementedError
+
+
+class HeldFeed(TrainingData):
+    """Splits held in memory; the training images and labels go to the device once and
+    each step is a batch of indices (`device_pipeline.IndexBatches`)."""
+
+    pipeline = "device"
+
+    def __init__(self, splits, infos, size, seed, reason):
+        super().__init__(infos, size, seed, reason)
+        self.splits = splits
+
+    @classmethod
+    def from_arrays(cls, dataset, image_size, model, seed, validation_fraction, pipeline, test_fraction):
+        from keras_vitmix import datasets
+
+        classes = int(model.output_shape[-1]) if isinstance(model, keras.Model) else None
+        splits, infos = _array_splits(dataset, seed, validation_fraction, test_fraction, classes)
+        size = infos["train"].image_shape[:2]
+        wanted = datasets.as_image_size(image_size) or model_image_size(model)
+        if tuple(wanted) != tuple(size):
+            raise ValueError(
+                f"The images are {size[0]}x{size[1]} and the model takes {wanted[0]}x{wanted[1]}: "
+                "resize the arrays, or build the model for their size. "
+                f"Received: images of shape {splits['train'][0].shape}"
+            )
+        if pipeline == "tf.data":
+            raise ValueError(
+                "In-memory arrays train through the device pipeline. Received: pipeline='tf.data' with arrays "
+                "(wrap them in a tf.data.Dataset and call model.fit for a tf.data pipeline of your own)"
+            )
+        return cls(splits, infos, size, seed, "in-memory arrays are held on the device")
+
+    @classmethod
+    def from_dataset(cls, dataset, load, reason):
+        from keras_vitmix import datasets, device_pipeline
+
+        splits, infos = {}, {}
+        for split in datasets.SPLITS:
+            images, labels, infos[split] = datasets.load_arrays(dataset, split, **load)
+            splits[split] = (images, labels)
+            if split == "train":
+                device_pipeline.check_fits(images.nbytes, f"The training images of {infos[split].name}")
+        return cls(splits, infos, load["image_size"], load["seed"], reason)
+
+    def held(self):
+        return self.splits["train"]
+
+    def training_batches(self, batch_size, augment, seed):
+        from keras_vitmix.device_pipeline import IndexBatches
+
+        process_index, process_count = processes()
+        return IndexBatches(len(self.splits["train"][1]), batch_size, seed, process_index, process_count)
+
+    def callbacks(self, batches):
         from keras_vitmix.device_pipeline import EpochOrder
 
         return (EpochOrder(batches),)
 
-    def validation(self, batch_size):
-        if self.pipeline == "device":
+    def validation(self, batch_size, replicas=1):
+        if replicas <= 1:
             return self.splits["validation"]
+        return PaddedBatches(*self.splits["validation"], batch_size, replicas)
+
+    def batches(self, split, batch_size):
+        return array_batches(*self.splits[split], batch_size)
+
+
+class StreamedFeed(TrainingData):
+    """Splits streamed from storage through tf.data (`datasets.load`), decoded and
+    resized on the host; the training batches reach the step as uint8 pixels (a quarter
+    of float32's bytes to copy) and are augmented there, as the held feed's are."""
+
+    pipeline = "tf.data"
+
+    def __init__(self, dataset, load, reason):
         from keras_vitmix import datasets
 
-        return datasets.load(self.dataset, "validation", batch_size=batch_size, **self.load)[0]
+        self.dataset, self.load = dataset, load
+        infos = {split: datasets.load(dataset, split, batch_size=1, **load)[1] for split in datasets.SPLITS}
+        super().__init__(infos, load["image_size"] or infos["train"].image_shape[:2], load["seed"], reason)
 
-    def score(self, model, batch_size, flip, label_smoothing, split="test"):
-        """Loss, accuracy (and top-5) of `model` on a split, each image's prediction
-        averaged with its mirror's when `flip`; read as the run's pipeline read it."""
-        if self.pipeline == "device":
-            batches = array_batches(*self.splits[split], batch_size)
-        else:
-            from keras_vitmix import datasets
+    def training_batches(self, batch_size, augment, seed):
+        from keras_vitmix import datasets
 
-            ds, _ = datasets.load(self.dataset, split, batch_size=batch_size, **self.load)
-            batches = iter(ds)
-        return score_batches(model, batches, flip, label_smoothing)
+        # One batch shape: XLA compiles one training step, not a second for the last batch.
+        ds, _ = datasets.load(
+            self.dataset, "train", batch_size=batch_size, drop_remainder=True, dtype="uint8", **self.load
+        )
+        return ds.map(lambda images, labels: {"images": images, "labels": labels})
+
+    def validation(self, batch_size, replicas=1):
+        from keras_vitmix import datasets
+
+        ds = datasets.load(self.dataset, "validation", batch_size=batch_size, **self.load)[0]
+        if replicas <= 1:
+            return ds
+        import tensorflow as tf
+
+        def padded(images, labels):
+            count = tf.shape(images)[0]
+            extra = (-count) % replicas
+            weights = tf.concat([tf.ones([count]), tf.zeros([extra])], 0)
+            return tf.pad(images, [[0, extra], [0, 0], [0, 0], [0, 0]]), tf.pad(labels, [[0, extra]]), weights
+
+        return ds.map(padded)
+
+    def batches(self, split, batch_size):
+        from keras_vitmix import datasets
+
+        return iter(datasets.load(self.dataset, split, batch_size=batch_size, **self.load)[0])
+
+
+class PaddedBatches(keras.utils.PyDataset):
+    """(images, labels, weights) in consecutive batches, the last one padded to a
+    multiple of `replicas` with rows of weight 0 (see `TrainingData.validation`)."""
+
+    def __init__(self, images, labels, batch_size, replicas):
+        super().__init__()
+        self.images, self.labels = images, labels
+        self.batch_size = max(int(replicas), int(batch_size) - int(batch_size) % int(replicas))
+        self.replicas = int(replicas)
+
+    def __len__(self):
+        return -(-len(self.labels) // self.batch_size)
+
+    def __getitem__(self, index):
+        part = slice(index * self.batch_size, (index + 1) * self.batch_size)
+        images, labels = self.images[part], self.labels[part]
+        extra = (-len(labels)) % self.replicas
+        weights = np.concatenate([np.ones(len(labels), "float32"), np.zeros(extra, "float32")])
+        images = np.concatenate([images, np.zeros((extra, *images.shape[1:]), images.dtype)])
+        return images, np.concatenate([labels, np.zeros(extra, labels.dtype)]), weights
+
+
+def processes():
+    """(index, count) of this process among those of `keras.distribution.initialize`
+    (JAX's multi-process runtime); (0, 1) elsewhere."""
+    if keras.backend.backend() != "jax":
+        return 0, 1
+    import jax
+
+    return jax.process_index(), jax.process_count()
 
 
 def array_batches(images, labels, batch_size):
@@ -240,16 +354,14 @@ def _pair(value, split):
     return value
 
 
-def _choose_pipeline(pipeline, dataset, size, distribute, validation_fraction):
-    """"device" or "tf.data" for a named dataset (see `train`'s `pipeline`)."""
+def _choose_pipeline(pipeline, dataset, size, validation_fraction):
+    """("device" or "tf.data", why) for a named dataset (see `train`'s `pipeline`)."""
     if pipeline != "auto":
-        return pipeline
-    if distribute not in (None, "none"):
-        return "tf.data"
+        return pipeline, f"pipeline={pipeline!r} was asked for"
     try:
         import tensorflow  # noqa: F401
     except ImportError:
-        return "device"  # without TensorFlow there is no tf.data
+        return "device", "TensorFlow is not installed: there is no tf.data to stream with"
     from keras_vitmix import datasets, device_pipeline
 
     name = os.fspath(dataset)
@@ -263,10 +375,11 @@ def _choose_pipeline(pipeline, dataset, size, distribute, validation_fraction):
         count = info.num_examples
     height, width = size or datasets.read_image(paths[0]).shape[:2]
     try:
-        device_pipeline.check_fits(count * height * width * 3)
-    except ValueError:
-        return "tf.data"
-    return "device"
+        device_pipeline.check_fits(count * height * width * 3, f"The {count:,} training images")
+    except ValueError as error:
+        return "tf.data", f"streamed: {str(error).split(' Use ')[0]}"
+    share = f"{device_pipeline.MEMORY_FRACTION:.0%}"
+    return "device", f"held: {count:,} training images of {height}x{width} fit {share} of the device's memory"
 
 
 def model_image_size(model):
@@ -292,12 +405,15 @@ def recipe_family(model):
         return "default"
 
 
-def build_network(model, size, num_classes, overrides, drop_path_rate=0.0, explicit=None):
+def build_network(model, size, num_classes, overrides, drop_path_rate=0.0, explicit=None, distributed=False):
     """The network a run trains: a registered name built for the data's size and classes
     (with the recipe's drop path where its family takes one), or a given model as it
     is. `explicit`: the architecture options the caller gave (model_overrides,
     drop_path_rate, image_size, dtype); a given model is rebuilt with them, weights
-    kept, or they are refused: an option is never only recorded."""
+    kept, or they are refused: an option is never only recorded. `distributed`: the
+    caller builds under a data-parallel distribution, where a given model's variables,
+    made before it, are on one device: the network is a copy made under it, weights
+    kept (`keras.models.clone_model`)."""
     import inspect
 
     from keras_vitmix.applications import create_model, model_info
@@ -308,7 +424,11 @@ def build_network(model, size, num_classes, overrides, drop_path_rate=0.0, expli
                 f"The model has {model.output_shape[-1]} classes and the dataset {num_classes}. "
                 "Build the model with `classes` equal to the dataset's."
             )
-        return rebuilt(model, dict(explicit or {}))
+        network = rebuilt(model, dict(explicit or {}))
+        if distributed and network is model:
+            network = keras.models.clone_model(model)
+            network.set_weights(model.get_weights())
+        return network
     overrides = dict(overrides or {})
     if overrides.get("classes", num_classes) != num_classes:
         raise ValueError(

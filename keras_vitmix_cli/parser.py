@@ -77,7 +77,12 @@ def _add_train(add):
     train.add_argument("--mixed-precision", action="store_true", help="train under mixed_bfloat16")
     train.add_argument("--xla", choices=("auto", "on", "off"), default="auto", help="XLA (tensorflow, jax)")
     train.add_argument("--distribute", choices=("none", "data_parallel"), default="none",
-                       help="data_parallel: tf.data pipeline only")
+                       help="data_parallel: each batch split over every device (jax, tensorflow; either pipeline)")
+    train.add_argument("--coordinator", default=None,
+                       help="host:port of process 0 of a multi-process jax run (data_parallel; default: "
+                            "KERAS_DISTRIBUTION_JOB_ADDRESSES or JAX_COORDINATOR_ADDRESS)")
+    train.add_argument("--num-processes", type=int, default=None, help="processes of a multi-process run")
+    train.add_argument("--process-id", type=int, default=None, help="this process's id, 0 on the coordinator")
     train.add_argument("--output", default="runs/train", help="run folder")
     train.add_argument("--seed", type=int, default=0)
 

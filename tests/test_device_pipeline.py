@@ -60,36 +60,47 @@ def test_padded_crop_is_a_window_of_the_zero_padded_image_per_image():
 
 
 def test_index_batches_are_a_seeded_permutation_per_epoch_without_the_remainder():
-    labels = np.arange(100) % 10
-    batches = device_pipeline.IndexBatches(labels, 32, seed=5)
+    batches = device_pipeline.IndexBatches(100, 32, seed=5)
     assert len(batches) == 3  # 4 images left out
-    epoch0 = np.concatenate([batches[i][0] for i in range(3)])
-    assert len(set(epoch0)) == 96 and all(np.array_equal(batches[i][1], labels[batches[i][0]]) for i in range(3))
+    epoch0 = np.concatenate([batches[i] for i in range(3)])
+    assert len(set(epoch0)) == 96 and epoch0.dtype == np.int32  # indices only: labels are held on the device
     batches.set_epoch(1)
-    epoch1 = np.concatenate([batches[i][0] for i in range(3)])
+    epoch1 = np.concatenate([batches[i] for i in range(3)])
     assert not np.array_equal(epoch0, epoch1)
-    again = device_pipeline.IndexBatches(labels, 32, seed=5)
+    again = device_pipeline.IndexBatches(np.arange(100), 32, seed=5)  # labels: their count is taken
     again.set_epoch(1)  # a resumed run: the same batches for the same epoch
-    np.testing.assert_array_equal(np.concatenate([again[i][0] for i in range(3)]), epoch1)
+    np.testing.assert_array_equal(np.concatenate([again[i] for i in range(3)]), epoch1)
+    # Two processes: each yields its half of every global batch, together the global one.
+    halves = [device_pipeline.IndexBatches(100, 32, seed=5, process_index=i, process_count=2) for i in (0, 1)]
+    for half in halves:
+        half.set_epoch(1)
+    np.testing.assert_array_equal(np.concatenate([halves[0][2], halves[1][2]]), again[2])
+    with pytest.raises(ValueError, match="batch_size=33"):
+        device_pipeline.IndexBatches(100, 33, process_count=2)
 
 
 def test_the_step_trains_the_wrapped_model_and_checkpoints_hold_no_data(tmp_path):
     images, labels = batch(n=80)  # 80: no weight of the network is 80 long
     net = small("ConvMixer")
-    trainer = device_pipeline.DeviceTrainer(net, images, labels, 16, augment="strong", seed=0)
+    trainer = device_pipeline.DeviceTrainer(net, images, labels, augment="strong", seed=0)
     training.compile_for_training(net, total_steps=8)
     trainer.compile(optimizer=net.optimizer, loss=net.loss, metrics=accuracy_metrics(10))
     assert trainer.trainable_variables and {id(v) for v in trainer.trainable_variables} == {
         id(v) for v in net.trainable_variables
     }
+    # A training call returns the mixed targets the loss reads, as an output (no variable
+    # is written inside `call`), and the images' own labels that accuracy reads.
+    step = trainer(np.arange(16, dtype="int32"), training=True)
+    targets = keras.ops.convert_to_numpy(step["targets"])
+    np.testing.assert_allclose(targets.sum(axis=1), 1.0, atol=1e-6)
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(step["labels"]), labels[:16])
+    assert step["probabilities"].shape == (16, 10)
     before = [keras.ops.convert_to_numpy(v).copy() for v in net.trainable_variables]
     batches = device_pipeline.IndexBatches(labels, 16)
     trainer.fit(batches, epochs=1, verbose=0, callbacks=[device_pipeline.EpochOrder(batches)])
     after = [keras.ops.convert_to_numpy(v) for v in net.trainable_variables]
     assert any(not np.array_equal(a, b) for a, b in zip(before, after))
-    # The loss read this step's mixed targets: their rows sum to 1, and some are soft.
-    targets = keras.ops.convert_to_numpy(trainer.held.targets)
-    np.testing.assert_allclose(targets.sum(axis=1), 1.0, atol=1e-6)
+    assert not [v for v in trainer.non_trainable_variables if tuple(v.shape) == (16, 10)]  # no targets variable
     trainer.save_weights(str(tmp_path / "backup.weights.h5"))  # what BackupAndRestore writes
     import h5py
 
@@ -97,7 +108,7 @@ def test_the_step_trains_the_wrapped_model_and_checkpoints_hold_no_data(tmp_path
     with h5py.File(tmp_path / "backup.weights.h5") as saved:
         saved.visititems(lambda name, item: shapes.append(item.shape) if isinstance(item, h5py.Dataset) else None)
     network_shapes = [tuple(v.shape) for v in net.weights]
-    assert images.shape not in shapes and (len(labels),) not in shapes and (16, 10) not in shapes  # no held data
+    assert images.shape not in shapes and (len(labels),) not in shapes  # no held data
     assert all(shape in shapes for shape in network_shapes)  # the network's weights are there
     with pytest.raises(NotImplementedError, match="save its `network`"):
         trainer.get_config()

@@ -27,6 +27,7 @@ def load(
     data_dir=None,
     drop_remainder=False,
     cache_dir=None,
+    dtype="float32",
 ):
     """Loads a split as a batched, prefetched `tf.data.Dataset` of (images, labels).
 
@@ -63,6 +64,10 @@ def load(
             With shuffling, the images left out change from epoch to epoch.
         cache_dir: where the check of a folder's files is remembered (as in
             `load_arrays`); defaults to `$KERAS_VITMIX_CACHE` or `~/.cache/keras_vitmix`.
+        dtype: "float32" (pixel values in [0, 255]), or "uint8", the decoded pixels
+            themselves, a quarter of the bytes to copy to an accelerator that augments
+            them there (`keras_vitmix.training`'s streamed feed); "uint8" takes
+            `augment="none"`, since tf.data's augmentation computes in floats.
 
     Returns:
         `(dataset, info)`: the `tf.data.Dataset` and a `DatasetInfo`.
@@ -80,6 +85,11 @@ def load(
     (10, (32, 32, 3))
     """
     _check(split, batch_size, augment, validation_fraction, test_fraction)
+    if dtype not in ("float32", "uint8") or (dtype == "uint8" and augment not in (False, None, "none")):
+        raise ValueError(
+            "`dtype` must be 'float32', or 'uint8' with augment='none'. "
+            f"Received: dtype={dtype!r}, augment={augment!r}"
+        )
     image_size = as_image_size(image_size)
     shuffle = split == "train" if shuffle is None else bool(shuffle)
     name = os.fspath(name_or_path)
@@ -92,7 +102,8 @@ def load(
     else:
         ds, info = sources.tfds(name, split, image_size, validation_fraction, test_fraction, data_dir)
     drop_remainder = bool(drop_remainder) and info.num_examples >= batch_size
-    return _batches(ds, info, batch_size, augment if split == "train" else False, shuffle, seed, drop_remainder), info
+    augment = augment if split == "train" else False
+    return _batches(ds, info, batch_size, augment, shuffle, seed, drop_remainder, dtype), info
 
 
 def resolve(name_or_path="cifar10", fallback="digits", data_dir=None):
@@ -126,16 +137,31 @@ def _check(split, batch_size, augment, validation_fraction, test_fraction):
     check_fractions(validation_fraction, test_fraction)
 
 
-def _batches(ds, info, batch_size, augment, shuffle, seed, drop_remainder=False):
+def _batches(ds, info, batch_size, augment, shuffle, seed, drop_remainder=False, dtype="float32"):
     import tensorflow as tf
 
-    ds = ds.cache()  # decoded uint8 images: CIFAR-10's 50,000 are 150 MB
+    if fits_in_memory(info):
+        ds = ds.cache()  # decoded uint8 images: CIFAR-10's 50,000 are 150 MB
     if shuffle:
         ds = ds.shuffle(max(1, min(info.num_examples, SHUFFLE_BUFFER)), seed=seed, reshuffle_each_iteration=True)
     ds = ds.batch(batch_size, drop_remainder=drop_remainder)
-    ds = ds.map(lambda x, y: (tf.cast(x, tf.float32), y), num_parallel_calls=tf.data.AUTOTUNE)
+    if dtype == "float32":
+        ds = ds.map(lambda x, y: (tf.cast(x, tf.float32), y), num_parallel_calls=tf.data.AUTOTUNE)
     from keras_vitmix import augmentation
 
     if augmentation.policy_name(augment) != "none":
         ds = ds.map(augmentation.augmenter(info, augment, seed), num_parallel_calls=tf.data.AUTOTUNE)
     return ds.prefetch(tf.data.AUTOTUNE)
+
+
+# The decoded split is cached in host memory only where it takes at most this share of
+# it; larger splits (ImageNet's 1.28 M images at 224 px are ~190 GB) are decoded anew
+# each epoch, streamed from storage.
+CACHE_MEMORY_FRACTION = 0.25
+
+
+def fits_in_memory(info):
+    """Whether a split's decoded uint8 images fit `CACHE_MEMORY_FRACTION` of the host's RAM."""
+    height, width, channels = info.image_shape
+    host = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return info.num_examples * height * width * channels <= CACHE_MEMORY_FRACTION * host
