@@ -82,6 +82,7 @@ def _export(args):
         batch_size=args.batch_size,
         overwrite=args.overwrite,
         opset=args.opset,
+        attention=args.attention,
     )
     return 0
 

@@ -129,3 +129,5 @@ def _add_export(add):
     export.add_argument("--batch-size", type=int, default=None, help="a fixed batch size (default: any)")
     export.add_argument("--opset", type=int, default=None, help="ONNX opset (default: tf2onnx's)")
     export.add_argument("--overwrite", action="store_true", help="replace an existing export")
+    export.add_argument("--attention", action="store_true",
+                        help="also serve every attention block's scores and the attention rollout map")

@@ -234,3 +234,15 @@ def test_export_serves_the_trained_model(run, tmp_path, capsys):
     np.testing.assert_allclose(served, keras.ops.convert_to_numpy(model(images.astype("float32"))), atol=1e-5)
     assert cli.main(arguments) == 2  # refuses to overwrite
     assert "An export already exists" in capsys.readouterr().err
+    # --attention serves the block's scores and the rollout beside the probabilities.
+    assert cli.main([*arguments[:-1], str(tmp_path / "attention"), "--attention"]) == 0
+    served_attention = tf.saved_model.load(str(tmp_path / "attention"))  # kept: its variables live with it
+    outputs = served_attention.serve(tf.constant(images))
+    from keras_vitmix import inspection
+
+    scores = inspection.attention_model(model)(images.astype("float32"))
+    assert sorted(outputs) == sorted(["probabilities", "attention_rollout", *(f"attention_{k}" for k in scores)])
+    for name, value in scores.items():
+        np.testing.assert_allclose(outputs[f"attention_{name}"].numpy(), keras.ops.convert_to_numpy(value), atol=1e-5)
+    np.testing.assert_allclose(outputs["probabilities"].numpy(), served, atol=1e-5)
+    assert outputs["attention_rollout"].shape == (2, 4, 4)
