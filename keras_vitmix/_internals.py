@@ -88,20 +88,16 @@ def _bincount_histogram(values, value_range, nbins):
 # --- layers and applications ---
 #
 # Under torch every call runs in Python, op by op, and Keras's per-call work (converting
-# inputs, binding the call signature, name and autocast scopes, dtype checks on each
-# weight read) costs as much as the small matrix products of a ViT-Ti. The layers'
-# torch routes skip the parts of it that change nothing for a built layer called from
-# its parent's `call`. Keras makes none of the pieces needed public; each function falls
-# back to the public path (`variable.value`, `layer(...)`, `keras.Model.call`) when one
-# is missing, and when its route is switched off in `keras_vitmix.config`;
-# tests/test_internals_layers.py makes each symbol missing in turn.
+# inputs, binding the call signature, name and autocast scopes) costs as much as the
+# small matrix products of a ViT-Ti. The layers' torch routes skip the parts of it that
+# change nothing for a built layer called from its parent's `call`. Keras makes none of
+# the pieces needed public; each function falls back to the public path (`layer(...)`,
+# `keras.Model.call`) when one is missing, and when its route is switched off in
+# `keras_vitmix.config`; tests/test_internals_layers.py makes each symbol missing in
+# turn.
 #
 # TensorFlow: whether a function is being compiled by XLA has no public spelling either.
 
-try:  # the per-thread scopes (stateless, autocast, device) a variable read consults
-    from keras.src.backend.common import global_state as _keras_global_state
-except ImportError:
-    _keras_global_state = None
 try:  # AutocastScope, get_autocast_scope, get_keras_mask, is_tensor
     from keras.src import backend as _keras_backend
 except ImportError:
@@ -109,55 +105,12 @@ except ImportError:
 
 _MISSING = object()
 # The private attributes read below, by name, so that a test can make each one missing.
-_VARIABLE_VALUE = "_value"  # a variable's stored tensor
-_VARIABLE_AUTOCAST = "_autocast"  # whether a variable follows the autocast scope
 _SUBLAYERS = "_layers"  # a layer's tracked sublayers
 _REMAT_MODE = "_remat_mode"  # a layer's rematerialization setting
 _STANDARDIZE_INPUTS = "_standardize_inputs"  # a functional model's input flattening
 _RUN_THROUGH_GRAPH = "_run_through_graph"  # a functional model's graph walk
 _CALL_HAS_CONTEXT_ARG = "_call_has_context_arg"  # {"training": whether `call` takes it}
 _CALL_CONTEXT_ARGS = "_call_context_args"  # the context arguments `call` takes
-
-
-def torch_variable_value(variable):
-    """`variable.value` under torch, read without Keras's per-read work where that work
-    changes nothing (route "variable_reads_torch").
-
-    Keras's torch `Variable.value` looks up the stateless scope, the autocast scope and
-    the current device (as a string, to build a stand-in on the "meta" device), and casts
-    through `keras.ops.cast`'s dtype checks; a ViT-Ti forward pass reads 150 variables.
-    Here, for an initialized variable outside a stateless scope and off the "meta"
-    device, the autocast is done directly: a floating variable that autocasts, inside a
-    scope with a dtype, is cast to that dtype with `Tensor.to` (what Keras's cast ends
-    in); otherwise the stored tensor is returned, as Keras would. Anything else, and any
-    Keras without `variable._value`, `variable._autocast` or
-    `global_state.GLOBAL_STATE_TRACKER`, gets Keras's own `variable.value`.
-    """
-    if not _config.fast_routes_enabled("variable_reads_torch"):
-        return variable.value
-    value = getattr(variable, _VARIABLE_VALUE, None)
-    autocast = getattr(variable, _VARIABLE_AUTOCAST, None)
-    state = getattr(_keras_global_state, "GLOBAL_STATE_TRACKER", None)
-    if value is None or autocast is None or state is None:
-        return variable.value
-    device = getattr(state, "torch_device", None)
-    if getattr(state, "stateless_scope", None) is not None or (device is not None and str(device) == "meta"):
-        return variable.value
-    scope = getattr(state, "autocast_scope", None)
-    if scope is not None and scope.dtype is not None and autocast and value.is_floating_point():
-        dtype = _torch_dtypes().get(scope.dtype)
-        if dtype is None:
-            return variable.value
-        if value.dtype != dtype:
-            value = value.to(dtype)
-    return value
-
-
-@functools.lru_cache(maxsize=None)
-def _torch_dtypes():
-    import torch
-
-    return {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32, "float64": torch.float64}
 
 
 def call_sublayer(layer, *args, **kwargs):

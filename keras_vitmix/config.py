@@ -64,7 +64,6 @@ _ROUTES = {
     "depthwise_jax_cpu": "DepthwiseConv2D as shifted multiply-adds with a hand-written gradient, JAX on the CPU",
     "depthwise_tf_xla": "DepthwiseConv2D as shifted multiply-adds inside XLA functions, TensorFlow on the CPU",
     "sublayer_calls_torch": "blocks and models call their built layers' `call` without `Layer.__call__`, torch",
-    "variable_reads_torch": "weights read without Keras's per-read scope lookups and dtype checks, torch",
 }
 FAST_ROUTES = tuple(_ROUTES)
 

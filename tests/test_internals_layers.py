@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from keras_vitmix import _internals
-from keras_vitmix.layers import Dense, DepthwiseConv2D, TransformerBlock
+from keras_vitmix.layers import DepthwiseConv2D, TransformerBlock
 
 from tests.backend_utils import input_gradient
 from tests.layers import _layer_checks as lc
@@ -20,7 +20,6 @@ torch_only = pytest.mark.skipif(keras.backend.backend() != "torch", reason="a to
 # The attribute names _internals reads, each pointing at a name no Keras object has.
 CALL_SYMBOLS = ["_SUBLAYERS", "_STANDARDIZE_INPUTS", "_RUN_THROUGH_GRAPH", "_CALL_HAS_CONTEXT_ARG", "_CALL_CONTEXT_ARGS"]
 BACKEND_SYMBOLS = ["AutocastScope", "get_autocast_scope", "get_keras_mask", "is_tensor"]
-VARIABLE_SYMBOLS = ["_VARIABLE_VALUE", "_VARIABLE_AUTOCAST"]
 
 
 def _counting_keras_calls(monkeypatch):
@@ -108,43 +107,6 @@ def test_missing_remat_mode_takes_keras_call_where_keras_has_remat(monkeypatch):
     fast, public, calls = _model_results_without(monkeypatch, remove)
     _assert_same(fast, public)
     assert {"block_0", "norm1", "qkv"} <= set(calls)
-
-
-def _variable_reads_counted(monkeypatch, variable):
-    reads = []
-    keras_value = type(variable).value
-
-    def counting_value(self):
-        reads.append(1)
-        return keras_value.fget(self)
-
-    monkeypatch.setattr(type(variable), "value", property(counting_value))
-    return reads
-
-
-@torch_only
-@pytest.mark.parametrize("symbol", VARIABLE_SYMBOLS + ["GLOBAL_STATE_TRACKER", "global_state"])
-@pytest.mark.parametrize("policy", ["float32", "mixed_bfloat16"])
-def test_missing_variable_internal_reads_keras_value(symbol, policy, monkeypatch):
-    """The Dense route's weight reads, without `variable._value`, `variable._autocast`,
-    `GLOBAL_STATE_TRACKER` or the `global_state` module: Keras's `variable.value`, and
-    the same product."""
-    layer = Dense(6, dtype=policy)
-    layer.build((3, 8))
-    lc.randomize_weights(layer, seed=5)
-    x = keras.ops.convert_to_tensor(lc.random_array((3, 8), seed=6))
-    fast = lc.to_numpy(keras.ops.cast(layer(x), "float32"))
-    if symbol == "global_state":
-        monkeypatch.setattr(_internals, "_keras_global_state", None)
-    elif symbol == "GLOBAL_STATE_TRACKER":
-        monkeypatch.setattr(_internals, "_keras_global_state", types.SimpleNamespace())
-    else:
-        monkeypatch.setattr(_internals, symbol, "_not_in_this_keras")
-    reads = _variable_reads_counted(monkeypatch, layer.kernel)
-    public = layer(x)
-    assert reads  # the kernel was read through Keras's `value`
-    assert keras.backend.standardize_dtype(public.dtype) == layer.compute_dtype
-    np.testing.assert_array_equal(fast, lc.to_numpy(keras.ops.cast(public, "float32")))
 
 
 def test_public_paths_elsewhere_than_torch():

@@ -23,7 +23,6 @@ import keras
 from keras import ops
 
 from keras_vitmix import config
-from keras_vitmix._internals import torch_variable_value as _value
 
 
 @keras.saving.register_keras_serializable(package="keras_vitmix")
@@ -48,8 +47,8 @@ class Dense(keras.layers.Dense):
         # A variable's value is already autocast to the policy's compute dtype;
         # `ops.cast` would re-check dtypes at every call (a fifth of the work around a
         # small matrix product).
-        kernel = _value(self.kernel)
-        bias = None if self.bias is None else _value(self.bias)
+        kernel = self.kernel.value
+        bias = None if self.bias is None else self.bias.value
         if kernel.dtype != inputs.dtype:
             kernel = kernel.to(inputs.dtype)
             bias = None if bias is None else bias.to(inputs.dtype)

@@ -24,7 +24,6 @@ import keras
 from keras import ops
 
 from keras_vitmix import config
-from keras_vitmix._internals import torch_variable_value as _value
 
 _FLOATS = ("float16", "bfloat16", "float32")  # the dtypes LayerNormalization's torch route takes
 
@@ -118,8 +117,8 @@ class LayerNormalization(keras.layers.LayerNormalization):
 
         rank = len(inputs.shape)
         shape = tuple(inputs.shape[axis] for axis in sorted(axis % rank for axis in self.axis))
-        gamma = None if self.gamma is None else _value(self.gamma)
-        beta = None if self.beta is None else _value(self.beta)
+        gamma = None if self.gamma is None else self.gamma.value
+        beta = None if self.beta is None else self.beta.value
         x = inputs if inputs.dtype == torch.float32 else inputs.float()
         outputs = torch.nn.functional.layer_norm(x, shape, gamma, beta, self.epsilon)
         return outputs.to(inputs.dtype).to(getattr(torch, self.compute_dtype))  # each a no-op when equal
