@@ -59,7 +59,6 @@ _ROUTES = {
     "batch_norm_torch": "BatchNormalization at inference as one torch batch_norm call, torch",
     "attention_jax_cpu": "self-attention with heads first, one slice of the batch per CPU, JAX on the CPU",
     "attention_torch": "self-attention as scaled_dot_product_attention on strided views, torch",
-    "conv_matmul": "Conv2D whose kernel tiles the image as reshape + matmul, JAX and TensorFlow",
     "conv_torch": "Conv2D and DepthwiseConv2D as one channels-last conv2d, torch",
     "depthwise_jax_cpu": "DepthwiseConv2D as shifted multiply-adds with a hand-written gradient, JAX on the CPU",
     "depthwise_tf_xla": "DepthwiseConv2D as shifted multiply-adds inside XLA functions, TensorFlow on the CPU",

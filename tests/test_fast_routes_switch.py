@@ -91,7 +91,6 @@ def test_routes_off_take_no_route():
     for layer in (conv, depthwise, norm):
         layer.build(shape)
     with config.fast_routes(False):
-        assert not conv._matmul_applies(keras.KerasTensor(shape))
         assert not conv._torch_applies(x)
         assert not depthwise._shifted_applies(keras.KerasTensor(shape))
         assert not depthwise._torch_applies(x)
@@ -100,12 +99,19 @@ def test_routes_off_take_no_route():
 
 def test_one_named_route_off_leaves_the_others():
     backend = keras.backend.backend()
-    route = {"jax": "dense_jax", "torch": "dense_torch", "tensorflow": "conv_matmul"}[backend]
+    route = {"jax": "dense_jax", "torch": "dense_torch", "tensorflow": "depthwise_tf_xla"}[backend]
     with config.fast_routes(False, routes=[route]):
         assert not config.fast_routes_enabled(route)
         assert config.fast_routes_enabled() and config.fast_routes_enabled("sublayer_calls_torch")
         if backend == "tensorflow":
-            assert not Conv2D(8, 4, strides=4)._matmul_applies(keras.KerasTensor((2, 8, 8, 16)))
+            import tensorflow as tf
+
+            layer = DepthwiseConv2D(3, padding="same")
+            layer.build((2, 8, 8, 16))
+            taken = []
+            xla = tf.function(lambda t: taken.append(layer._shifted_applies(t)) or t, jit_compile=True)
+            xla(tf.zeros((2, 8, 8, 16)))
+            assert taken == [False]  # inside XLA, where the route would apply
         elif backend == "jax":
             import jax
 

@@ -1,21 +1,19 @@
-"""`Conv2D`: Keras's layer, computed as reshape + matmul when the kernel tiles the image.
+"""`Conv2D`: Keras's layer, computed under torch as one channels-last `conv2d`.
 
-A convolution whose kernel equals its stride (a patch embedding; a 1x1 pointwise
-convolution) is a matrix product over non-overlapping patches. Under JAX and TensorFlow
-(route "conv_matmul") this layer computes it that way when the contraction
-(kh * kw * C_in) is at least 64, where XLA:CPU's convolution is far slower than its
-matrix product; with a small contraction (a 2x2 patch of RGB) Keras's convolution stays.
+Under torch (route "conv_torch"), every convolution at stride 1 or with "valid" padding
+(patch embeddings, ConvMixer's 1x1 pointwise convolutions) is one
+`torch.nn.functional.conv2d` on a channels-first view of the channels-last input, which
+is PyTorch's `channels_last` memory layout: oneDNN convolves it natively, with no copy,
+as timm's `nn.Conv2d` runs. Keras's torch convolution copies the input to channels-first
+and back.
 
-Under torch (route "conv_torch"), every such convolution (and any other at stride 1 or
-"valid" padding) is instead one `torch.nn.functional.conv2d` on a channels-first view of
-the channels-last input, which is PyTorch's `channels_last` memory layout: oneDNN
-convolves it natively, with no copy, as timm's `nn.Conv2d` runs. Keras's torch
-convolution copies the input to channels-first and back, and the matrix product runs
-slower than oneDNN's convolution there.
+JAX and TensorFlow use Keras's convolution. Until issue #34 they computed a convolution
+whose kernel tiles the image as reshape + matmul (route "conv_matmul"), which XLA:CPU
+once ran far faster than its convolution; re-timed there, it no longer paid.
 
-Same arguments, variables (names, shapes, layout) and numbers either way; the routes
-switched off (`keras_vitmix.config`) use Keras's computation. docs/performance.md has the
-measurements.
+Same arguments, variables (names, shapes, layout) and numbers either way; the route
+switched off (`keras_vitmix.config`) uses Keras's computation. docs/performance.md has
+the measurements.
 """
 
 import keras
@@ -23,8 +21,6 @@ from keras import ops
 
 from keras_vitmix import config
 from keras_vitmix.layers._platform import torch_tensor as _torch_tensor
-
-_MIN_CONTRACTION = 64
 
 
 def same_pads(kernel_size, padding):
@@ -79,12 +75,7 @@ def torch_conv2d(inputs, kernel, bias, strides, padding, dilation_rate, groups):
 
 @keras.saving.register_keras_serializable(package="keras_vitmix")
 class Conv2D(keras.layers.Conv2D):
-    """`keras.layers.Conv2D`, as reshape + matmul when the kernel tiles the image, and as
-    one channels-last `conv2d` under torch.
-
-    The matrix product applies (TensorFlow, JAX) when kernel size == strides (a 1x1
-    kernel included), "valid" padding, no dilation, one group, channels last, a static
-    spatial shape divisible by the kernel, and kh * kw * C_in >= 64; otherwise
+    """`keras.layers.Conv2D`, as one channels-last `conv2d` under torch; elsewhere
     `keras.layers.Conv2D` unchanged. Same arguments, variables and results (see the
     module docstring).
 
@@ -93,23 +84,6 @@ class Conv2D(keras.layers.Conv2D):
     >>> Conv2D(32, 4, strides=4)(keras.ops.ones((2, 16, 16, 3))).shape
     (2, 4, 4, 32)
     """
-
-    def _matmul_applies(self, inputs):
-        kh, kw = self.kernel_size
-        height, width, channels = inputs.shape[1], inputs.shape[2], inputs.shape[3]
-        return (
-            config.fast_routes_enabled("conv_matmul")
-            and self.data_format == "channels_last"
-            and tuple(self.strides) == (kh, kw)
-            and tuple(self.dilation_rate) == (1, 1)
-            and self.groups == 1
-            and (self.padding == "valid" or (kh, kw) == (1, 1))
-            and height is not None
-            and width is not None
-            and height % kh == 0
-            and width % kw == 0
-            and kh * kw * channels >= _MIN_CONTRACTION
-        )
 
     def _torch_applies(self, inputs):
         return torch_conv2d_applies(self, inputs)
@@ -120,22 +94,4 @@ class Conv2D(keras.layers.Conv2D):
             bias = ops.cast(self.bias, inputs.dtype) if self.use_bias else None
             outputs = torch_conv2d(inputs, kernel, bias, self.strides, self.padding, self.dilation_rate, self.groups)
             return outputs if self.activation is None else self.activation(outputs)
-        if not self._matmul_applies(inputs):
-            return super().call(inputs)
-        kh, kw = self.kernel_size
-        height, width, channels = inputs.shape[1], inputs.shape[2], inputs.shape[3]
-        grid_h, grid_w = height // kh, width // kw
-        kernel = ops.cast(self.kernel, inputs.dtype)
-        if (kh, kw) == (1, 1):
-            outputs = ops.matmul(inputs, kernel[0, 0])
-        else:
-            # (B, gh, kh, gw, kw, C) -> (B, gh, gw, kh, kw, C): the kernel's (kh, kw, C) order.
-            patches = ops.reshape(inputs, (-1, grid_h, kh, grid_w, kw, channels))
-            patches = ops.transpose(patches, (0, 1, 3, 2, 4, 5))
-            patches = ops.reshape(patches, (-1, grid_h, grid_w, kh * kw * channels))
-            outputs = ops.matmul(patches, ops.reshape(kernel, (kh * kw * channels, self.filters)))
-        if self.use_bias:
-            outputs = outputs + ops.cast(self.bias, outputs.dtype)
-        if self.activation is not None:
-            outputs = self.activation(outputs)
-        return outputs
+        return super().call(inputs)

@@ -86,22 +86,21 @@ def test_depthwise_matches_keras_values_and_gradients(kwargs, native):
 
 
 @pytest.mark.parametrize(
-    "kwargs, input_shape, matmul",
+    "kwargs, input_shape",
     [
-        (dict(filters=8, kernel_size=4, strides=4), (2, 8, 12, 16), True),  # patches, 256 in
-        (dict(filters=8, kernel_size=1, activation="gelu"), (2, 5, 5, 64), True),  # pointwise
-        (dict(filters=8, kernel_size=(2, 4), strides=(2, 4), use_bias=False), (2, 4, 8, 8), True),
-        (dict(filters=8, kernel_size=2, strides=2), (2, 8, 8, 3), False),  # 12 in: too small
-        (dict(filters=8, kernel_size=3, padding="same"), (2, 6, 6, 16), False),  # overlapping
-        (dict(filters=8, kernel_size=4, strides=4), (2, 10, 8, 16), False),  # 10 % 4 != 0
+        (dict(filters=8, kernel_size=4, strides=4), (2, 8, 12, 16)),  # patches
+        (dict(filters=8, kernel_size=1, activation="gelu"), (2, 5, 5, 64)),  # pointwise
+        (dict(filters=8, kernel_size=(2, 4), strides=(2, 4), use_bias=False), (2, 4, 8, 8)),
+        (dict(filters=8, kernel_size=2, strides=2), (2, 8, 8, 3)),
+        (dict(filters=8, kernel_size=3, padding="same"), (2, 6, 6, 16)),  # overlapping
+        (dict(filters=8, kernel_size=4, strides=4), (2, 10, 8, 16)),  # 10 % 4 != 0
     ],
 )
-def test_conv2d_matches_keras_values_and_gradients(kwargs, input_shape, matmul):
-    """`matmul`: where TensorFlow and JAX multiply patches; under torch every one of these
-    is one channels-last `conv2d` (stride 1 or "valid" padding)."""
+def test_conv2d_matches_keras_values_and_gradients(kwargs, input_shape):
+    """Under torch every one of these is one channels-last `conv2d` (stride 1 or "valid"
+    padding); elsewhere Keras's convolution."""
     ours, theirs = _twins(Conv2D, keras.layers.Conv2D, kwargs, input_shape)
     layer = ours.get_layer("conv")
-    assert layer._matmul_applies(keras.KerasTensor(input_shape)) is matmul
     assert layer._torch_applies(keras.ops.zeros(input_shape)) is (keras.backend.backend() == "torch")
     assert not layer._torch_applies(keras.KerasTensor(input_shape))  # shape inference: Keras's
     _check_twins(ours, theirs, input_shape)
