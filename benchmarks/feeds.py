@@ -94,7 +94,7 @@ def worker(arguments):
         )
         times = timer.times[1:] or timer.times
         seen = metrics["images_per_second"] * metrics["seconds_per_epoch"]  # training images per epoch
-        feed = training_data(str(folder), None, MODEL, 0, 0.1, pipeline, None, 0.1)
+        feed = training_data(str(folder), None, MODEL, 0, 0.1, pipeline, 0.1)
         emit(dict(
             backend=keras.backend.backend(), feed=pipeline, images_per_second=seen * len(times) / sum(times),
             host_ms=host_ms_per_batch(feed, arguments.batch_size), reason=metrics["pipeline_reason"],

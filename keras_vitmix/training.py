@@ -29,7 +29,8 @@ from keras_vitmix.run_record import closing_line, run_metadata, run_metrics, tra
 from keras_vitmix.losses import ClassificationLoss
 from keras_vitmix.metrics import accuracy_metrics
 from keras_vitmix.training_callbacks import EpochTimer, callbacks
-from keras_vitmix.training_data import PIPELINES, build_network, recipe_family, training_data
+from keras_vitmix.training_data import PIPELINES, training_data
+from keras_vitmix.training_network import build_network, recipe_family
 
 # Variables named so are not decayed (LayerNorm/BatchNorm gamma/beta, biases, ...).
 NO_WEIGHT_DECAY = ("bias", "gamma", "beta", "position_embeddings", "class_token", "layer_scale")
@@ -267,7 +268,7 @@ def _train(args):
         model = saving.load_model(model, compile=False)
     data = training_data(
         args["dataset"], args["image_size"], model, args["seed"], args["validation_fraction"], args["pipeline"],
-        args["distribute"], args["test_fraction"],
+        args["test_fraction"],
     )
     info = data.info
     chosen = recipes.get_recipe(
