@@ -13,7 +13,8 @@ through tf.data as uint8 batches into the same step and the same augmentation
 
 `DeviceTrainer` wraps the model being trained: `fit` on it trains the wrapped model's own
 variables, and the run's checkpoints save the wrapped model (`DeviceTrainer.network`),
-never the held data.
+never the held data. Given a teacher, the same step distills it (DeiT,
+`keras_vitmix.distillation`): the teacher sees the augmented batch, on the device.
 """
 
 import os
@@ -22,6 +23,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_vitmix import distillation as distill
 from keras_vitmix.augmentation import BatchAugmentation
 
 # The held training images may take at most this share of the accelerator's memory
@@ -119,6 +121,19 @@ class DeviceTrainer(keras.Model):
     when `test_time_flip` is set, so validation in `fit`, `evaluate` and the final score
     all follow one test-time-flip rule on both feeds.
 
+    With a `teacher`, the training call also runs it, frozen and in inference mode, on
+    the same augmented images, and returns its probabilities ("teacher") beside the
+    student's distilled logits ("distilled"; for a DeiT also its class head's,
+    "class_logits"); the loss is then DeiT's mix of the compiled loss and the
+    distillation term (`keras_vitmix.distillation.DeiTDistillation`). Accuracy stays the
+    student's prediction against the labels. `keras.distillation.Distiller` cannot be
+    this step: it calls the teacher on the step's input `x` (here indices or uint8
+    pixels, before augmentation, so the teacher would not see the student's images),
+    distills the student's final output (probabilities here, and for a DeiT the average
+    of both heads, where only `head_dist` should learn from the teacher), applies the
+    base loss to that same output (where a DeiT's `head` alone learns the labels), and
+    has no hard (argmax) distillation.
+
     Args:
         network: the `keras.Model` to train (pixels in [0, 255] in, probabilities out).
         images: None (streamed feed), or uint8 array (N, H, W, C) to hold.
@@ -127,10 +142,17 @@ class DeviceTrainer(keras.Model):
         flip: whether horizontal flips keep the labels (augmentation and test-time flip).
         test_time_flip: whether inference averages each image and its mirror.
         seed: int, seeds the augmentation.
+        teacher: None, or a `keras.Model` with the network's classes and image size
+            (probabilities out; see `keras_vitmix.distillation.resolve_teacher`). It is
+            frozen in place (`trainable = False`).
+        distillation: "hard" or "soft" (DeiT's two terms).
+        distillation_alpha: float in [0, 1], the distillation term's weight.
+        distillation_tau: float > 0, the soft term's temperature.
     """
 
     def __init__(self, network, images=None, labels=None, augment="light", flip=True, test_time_flip=False,
-                 seed=0, **kwargs):
+                 seed=0, teacher=None, distillation="hard", distillation_alpha=0.5, distillation_tau=1.0,
+                 **kwargs):
         super().__init__(name=kwargs.pop("name", f"{network.name}_on_device"), **kwargs)
         num_classes = int(network.output_shape[-1])
         self.network = network
@@ -139,6 +161,13 @@ class DeviceTrainer(keras.Model):
         self.augmentation = BatchAugmentation(augment, image_shape, num_classes, flip, seed)
         self.augmentation.build()
         self.test_time_flip = bool(test_time_flip and flip)
+        self.teacher = self.student = self.distillation = None
+        if teacher is not None:
+            self.distillation = distill.DeiTDistillation(distillation, distillation_alpha, distillation_tau)
+            distill.check_teacher(teacher, network)
+            teacher.trainable = False
+            self.teacher = teacher
+            self.student = distill.student_view(network)
         self.built = True
 
     def _batch(self, inputs):
@@ -160,6 +189,8 @@ class DeviceTrainer(keras.Model):
         if not training:
             return self.predict_images(images)
         images, targets = self.augmentation(images, labels)
+        if self.teacher is not None:
+            return {**self.distilled(ops.cast(images, "float32")), "targets": targets, "labels": labels}
         probabilities = self.network(ops.cast(images, "float32"), training=True)
         return {"probabilities": probabilities, "targets": targets, "labels": labels}
 
@@ -172,6 +203,17 @@ class DeviceTrainer(keras.Model):
             probabilities = (probabilities + mirrored) / 2
         return probabilities
 
+    def distilled(self, images):
+        """The student's outputs for distillation and the teacher's probabilities, on one
+        batch of augmented images."""
+        if self.student is not None:
+            outputs = dict(self.student(images, training=True))
+        else:
+            probabilities = self.network(images, training=True)
+            outputs = {"probabilities": probabilities, "distilled": distill.logits_of(probabilities)}
+        teacher = self.teacher(images, training=False)
+        return {**outputs, "teacher": ops.stop_gradient(ops.cast(teacher, "float32"))}
+
     def _labels(self, x):
         """The labels of a batch given without `y` (indices or a streamed dict), or None."""
         if isinstance(x, dict) or (x is not None and len(x.shape) == 1 and self.held is not None):
@@ -179,11 +221,26 @@ class DeviceTrainer(keras.Model):
         return None
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        if isinstance(y_pred, dict) and "teacher" in y_pred:
+            return self._distillation_loss(x, y_pred, sample_weight, training)
         if isinstance(y_pred, dict):  # a training step: the loss reads this step's targets
             y, y_pred = y_pred["targets"], y_pred["probabilities"]
         elif y is None:
             y = self._labels(x)
         return super().compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=training)
+
+    def _distillation_loss(self, x, y_pred, sample_weight, training):
+        """DeiT's loss: the compiled loss on the targets (a DeiT's class head alone; any loss
+        a layer adds, none in this package's models, is part of it), mixed with the
+        distillation of the teacher into the student's distilled logits. Validation has no
+        teacher: its loss is the compiled loss on the prediction."""
+        predicted = y_pred["probabilities"]
+        if "class_logits" in y_pred:
+            predicted = ops.softmax(ops.cast(y_pred["class_logits"], "float32"), axis=-1)
+        base = super().compute_loss(
+            x=x, y=y_pred["targets"], y_pred=predicted, sample_weight=sample_weight, training=training
+        )
+        return self.distillation.total(base, distill.logits_of(y_pred["teacher"]), y_pred["distilled"])
 
     def compute_metrics(self, x, y, y_pred, sample_weight=None):
         if isinstance(y_pred, dict):  # accuracy against each image's own label, before mixing

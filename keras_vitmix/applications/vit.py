@@ -193,17 +193,19 @@ register_model(
     use_distillation_token=True,
     normalization="imagenet",
 )
+# CIFAR-size: a CPU trains it in minutes; the DeiT adds the distillation token and head.
+_CIFAR = dict(
+    patch_size=4, hidden_dim=128, num_layers=6, num_heads=4, mlp_dim=256, input_shape=(32, 32, 3), classes=10
+)
 register_model(
-    "vit_cifar_patch4_32",
-    ViT,
-    "CIFAR-size ViT: 32 px, patch 4 (64 tokens + class token), 6 layers of width 128",
-    patch_size=4,
-    hidden_dim=128,
-    num_layers=6,
-    num_heads=4,
-    mlp_dim=256,
-    input_shape=(32, 32, 3),
-    classes=10,
+    "vit_cifar_patch4_32", ViT,
+    "CIFAR-size ViT: 32 px, patch 4 (64 tokens + class token), 6 layers of width 128", **_CIFAR,
+)
+register_model(
+    "deit_tiny_distilled_patch4_32", ViT,
+    "CIFAR-size DeiT: vit_cifar_patch4_32 with a distillation token and a second head for a "
+    "teacher (keras_vitmix.distillation), logits averaged",
+    use_distillation_token=True, **_CIFAR,
 )
 register_model(
     "seed_vit",
