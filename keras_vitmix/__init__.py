@@ -6,6 +6,7 @@ switches a program may opt in to.
 
 __version__ = "0.1.0"
 
-# losses and metrics register the training recipe's loss and metrics with Keras, so a
-# `.keras` file compiled by `keras_vitmix.training` loads, compiled, after this import.
-from keras_vitmix import applications, config, layers, losses, metrics, weights  # noqa: F401
+# losses, metrics and optimizers register the training recipe's loss, metrics and
+# layer-decay optimizer with Keras, so a `.keras` file compiled by `keras_vitmix.training`
+# loads, compiled, after this import.
+from keras_vitmix import applications, config, layers, losses, metrics, optimizers, weights  # noqa: F401

@@ -1,16 +1,20 @@
 """Named training recipes: the hyperparameters a dataset's size calls for, per family.
 
-A recipe is a name ("small", "cifar", "deit") and a table of training arguments with one
-row per model family. Small datasets, CIFAR-size images and ImageNet-size images want
-different schedules and regularization: a ViT on 1,797 digits overfits under DeiT's
-300 epochs of MixUp, and ConvMixer on CIFAR trains best with the large learning rate
-and batch of its own reference repository, not with a ViT's. `choose_recipe` picks the
-name from the dataset's size, `get_recipe` returns the row for a family, and arguments a
+A recipe is a name ("small", "cifar", "deit", "finetune") and a table of training
+arguments with one row per model family. Small datasets, CIFAR-size images and
+ImageNet-size images want different schedules and regularization: a ViT on 1,797 digits
+overfits under DeiT's 300 epochs of MixUp, and ConvMixer on CIFAR trains best with the
+large learning rate and batch of its own reference repository, not with a ViT's.
+`choose_recipe` picks the name from the dataset's size ("finetune" is never chosen by
+size: it is the recipe for adapting pretrained weights, which `keras_vitmix.training`
+picks when it is given them), `get_recipe` returns the row for a family, and arguments a
 user passes explicitly win over the recipe's. docs/recipes.md shows `describe()`'s
 tables, and a test keeps the two equal.
 
 The optimizer of every recipe is AdamW (decoupled weight decay) with a linear warmup to
-the peak learning rate, then cosine decay to 0 (`keras_vitmix.training`).
+the peak learning rate, then cosine decay to 0 (`keras_vitmix.training`); "finetune"
+adds BEiT's layer-wise learning-rate decay (`Recipe.layer_decay`,
+`keras_vitmix.optimizers.LayerDecayAdamW`), which every other recipe leaves off (1.0).
 
 Augmentation strengths (`Recipe.augment`, one of `AUGMENTATIONS`):
 
@@ -32,13 +36,17 @@ References:
 - airbench94: https://github.com/KellerJordan/cifar10-airbench
 - DeiT: Touvron et al., 2021, "Training data-efficient image transformers & distillation
   through attention", https://arxiv.org/abs/2012.12877
+- BEiT: Bao et al., 2021, "BEiT: BERT Pre-Training of Image Transformers",
+  https://arxiv.org/abs/2106.08254 (layer-wise learning-rate decay)
+- MAE: He et al., 2021, "Masked Autoencoders Are Scalable Vision Learners",
+  https://arxiv.org/abs/2111.06377, fine-tuning recipe in facebookresearch/mae FINETUNE.md
 """
 
 import dataclasses
 import difflib
 import numbers
 
-RECIPES = ("small", "cifar", "deit")
+RECIPES = ("small", "cifar", "deit", "finetune")
 FAMILIES = ("ViT", "MLPMixer", "ConvMixer", "HybridMixerViT", "HybridConvMixerMixer")
 AUGMENTATIONS = ("none", "light", "medium", "strong")
 DEFAULT_FAMILY = "default"
@@ -71,6 +79,9 @@ class Recipe:
         test_time_flip: bool, the final evaluation averages each image's prediction
             with its mirror's (only on datasets whose labels survive a flip).
         clipnorm: None, or a float > 0: the global gradient norm is clipped to it.
+        layer_decay: float in (0, 1]: each layer's learning rate is the peak times
+            `layer_decay ** (L + 1 - layer id)` (BEiT's rule, `keras_vitmix.optimizers`);
+            1.0 is off, as in every recipe but "finetune".
 
     Example:
     >>> get_recipe("cifar", "ConvMixer").batch_size
@@ -90,6 +101,7 @@ class Recipe:
     ema_momentum: float | None
     test_time_flip: bool
     clipnorm: float | None
+    layer_decay: float
 
     def __post_init__(self):
         # A hand-built or `dataclasses.replace`d recipe fails here, not epochs into a run.
@@ -106,6 +118,7 @@ class Recipe:
             or (_is_real(self.ema_momentum) and 0 < self.ema_momentum < 1),
             "test_time_flip": isinstance(self.test_time_flip, bool),
             "clipnorm": self.clipnorm is None or (_is_real(self.clipnorm) and self.clipnorm > 0),
+            "layer_decay": _is_real(self.layer_decay) and 0 < self.layer_decay <= 1,
         }
         bad = [field for field, ok in checks.items() if not ok]
         if bad:
@@ -131,7 +144,7 @@ _BASE = {
     "small": dict(
         epochs=15, batch_size=64, learning_rate=2e-3, weight_decay=0.05, warmup_epochs=1,
         label_smoothing=0.1, augment="light", drop_path_rate=0.0, ema_momentum=None,
-        test_time_flip=True, clipnorm=1.0,
+        test_time_flip=True, clipnorm=1.0, layer_decay=1.0,
     ),
     # omihub777/ViT-CIFAR: 200 epochs, batch 128, lr 1e-3, warmup 5, label smoothing 0.1;
     # its AutoAugment becomes RandAugment, plus DeiT's MixUp/CutMix ("strong"), drop path
@@ -139,14 +152,28 @@ _BASE = {
     "cifar": dict(
         epochs=200, batch_size=128, learning_rate=1e-3, weight_decay=0.05, warmup_epochs=5,
         label_smoothing=0.1, augment="strong", drop_path_rate=0.1, ema_momentum=None,
-        test_time_flip=True, clipnorm=1.0,
+        test_time_flip=True, clipnorm=1.0, layer_decay=1.0,
     ),
     # DeiT (arXiv 2012.12877) at batch 256 instead of 1024, its lr rule 5e-4 * batch/512;
     # EMA off as in DeiT's repository (its 0.99996 is opt-in); no clipping, no test-time flip.
     "deit": dict(
         epochs=300, batch_size=256, learning_rate=5e-4 * 256 / 512, weight_decay=0.05, warmup_epochs=5,
         label_smoothing=0.1, augment="strong", drop_path_rate=0.1, ema_momentum=None,
-        test_time_flip=False, clipnorm=None,
+        test_time_flip=False, clipnorm=None, layer_decay=1.0,
+    ),
+    # Adapting pretrained weights (training.py chooses it when weights are given), scaled
+    # to CPU-size runs on small data. The anchors fine-tune ImageNet ViT-B with AdamW,
+    # weight decay 0.05, label smoothing 0.1, drop path 0.1 and layer decay: MAE
+    # (FINETUNE.md) lr 5e-4 x batch / 256, layer decay 0.65 (0.75 for ViT-L/H), 100
+    # epochs, warmup 5; BEiT lr 4e-3 at batch 1024, layer decay 0.65; DeiT at 384 px lr
+    # 5e-6 x batch / 512, 30 epochs. Here MAE's rate rule at batch 64, 0.75 (the gentler
+    # decay, for the shorter schedule and the new head), 10 epochs with 1 of warmup, the
+    # "light" augmentation of small data in place of MixUp/CutMix and RandAugment, and
+    # the clipping and test-time flip of "small".
+    "finetune": dict(
+        epochs=10, batch_size=64, learning_rate=5e-4 * 64 / 256, weight_decay=0.05, warmup_epochs=1,
+        label_smoothing=0.1, augment="light", drop_path_rate=0.1, ema_momentum=None,
+        test_time_flip=True, clipnorm=1.0, layer_decay=0.75,
     ),
 }
 
@@ -156,6 +183,11 @@ _CONVMIXER_CIFAR = dict(
     epochs=100, batch_size=512, learning_rate=1e-2, weight_decay=0.01, label_smoothing=0.0,
     augment="medium", drop_path_rate=0.0,
 )
+
+# ConvMixer (BatchNorm and convolutions) trains at a higher rate per image than a ViT: in
+# "cifar", locuslab's 1e-2 at batch 512 against omihub777's ViT at 1e-3 at batch 128,
+# 2.5 times per image. Its fine-tuning rate is the ViT row's times that ratio.
+_CONVMIXER_FINETUNE = dict(learning_rate=5e-4 * 64 / 256 * 2.5, drop_path_rate=0.0)
 
 # Each family's changes to the base row; a family not named reads the base row as is.
 _FAMILY_OVERRIDES = {
@@ -173,6 +205,11 @@ _FAMILY_OVERRIDES = {
     "deit": {
         "ConvMixer": {"drop_path_rate": 0.0},  # DeiT's values; ConvMixer takes no drop_path_rate
     },
+    "finetune": {
+        "ConvMixer": _CONVMIXER_FINETUNE,
+        # ConvMixer's rate for its convolutional stem, as in "cifar"; drop path for its Mixer blocks.
+        "HybridConvMixerMixer": {**_CONVMIXER_FINETUNE, "drop_path_rate": 0.1},
+    },
 }
 
 # Recipe fields -> describe()'s column headers, in the tables' order.
@@ -188,12 +225,14 @@ COLUMNS = {
     "ema_momentum": "EMA",
     "test_time_flip": "test-time flip",
     "clipnorm": "clip norm",
+    "layer_decay": "layer decay",
 }
 
 _ABOUT = {
     "small": f"Fewer than {SMALL_DATASET:,} training images (digits-size data).",
     "cifar": f"{SMALL_DATASET:,} or more training images, at most {CIFAR_SIDE} px a side (CIFAR-size data).",
     "deit": f"{SMALL_DATASET:,} or more training images, larger than {CIFAR_SIDE} px a side (DeiT, scaled to one GPU).",
+    "finetune": "Pretrained weights adapted to new data, whatever its size (never chosen by size).",
 }
 
 
@@ -246,7 +285,8 @@ def choose_recipe(num_examples, image_shape):
     """The recipe a dataset's size calls for.
 
     "small" below 10,000 training images; otherwise "cifar" when the images are at most
-    `CIFAR_SIDE` (96) px a side, "deit" when larger.
+    `CIFAR_SIDE` (96) px a side, "deit" when larger. Never "finetune": adapting
+    pretrained weights is a choice of the caller, not of the data's size.
 
     Args:
         num_examples: int >= 1, training images.

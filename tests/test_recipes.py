@@ -29,6 +29,7 @@ HEADERS = {
     "EMA": "ema_momentum",
     "test-time flip": "test_time_flip",
     "clip norm": "clipnorm",
+    "layer decay": "layer_decay",
 }
 
 
@@ -106,6 +107,9 @@ def test_every_row_is_in_range(name, family):
     assert recipe.ema_momentum is None or 0 < recipe.ema_momentum < 1
     assert isinstance(recipe.test_time_flip, bool)
     assert recipe.clipnorm is None or recipe.clipnorm > 0
+    assert isinstance(recipe.layer_decay, float) and 0 < recipe.layer_decay <= 1
+    # Layer decay is for adapting pretrained weights: off in every recipe trained from scratch.
+    assert (recipe.layer_decay < 1) == (name == "finetune")
     if family == "ConvMixer":
         assert recipe.drop_path_rate == 0.0, "ConvMixer takes no drop_path_rate"
     assert list(recipe.as_dict()) == [f.name for f in dataclasses.fields(recipe)][2:]
@@ -120,7 +124,27 @@ def test_a_few_values_from_the_references():
     assert recipes.get_recipe("small").as_dict() == dict(
         epochs=15, batch_size=64, learning_rate=2e-3, weight_decay=0.05, warmup_epochs=1, label_smoothing=0.1,
         augment="light", drop_path_rate=0.0, ema_momentum=None, test_time_flip=True, clipnorm=1.0,
+        layer_decay=1.0,
     )
+
+
+def test_the_finetune_rows():
+    # MAE's fine-tuning rate rule (lr 5e-4 x batch / 256) at batch 64, layer decay 0.75.
+    vit = recipes.get_recipe("finetune", "ViT")
+    assert (vit.learning_rate, vit.batch_size, vit.layer_decay, vit.weight_decay) == (1.25e-4, 64, 0.75, 0.05)
+    assert (vit.epochs, vit.warmup_epochs, vit.augment, vit.drop_path_rate) == (10, 1, "light", 0.1)
+    convmixer = recipes.get_recipe("finetune", "ConvMixer")
+    assert convmixer.learning_rate == 2.5 * vit.learning_rate and convmixer.layer_decay == 0.75
+    assert convmixer.drop_path_rate == 0.0
+    hybrid = recipes.get_recipe("finetune", "HybridConvMixerMixer")
+    assert (hybrid.learning_rate, hybrid.drop_path_rate) == (convmixer.learning_rate, 0.1)
+
+
+def test_the_data_never_chooses_finetune():
+    chosen = {
+        recipes.choose_recipe(n, (side, side, 3)) for n in (1, 9_999, 10_000, 1_281_167) for side in (8, 96, 97, 512)
+    }
+    assert chosen == {"small", "cifar", "deit"}
 
 
 @pytest.mark.parametrize(
@@ -192,6 +216,9 @@ def test_a_recipe_out_of_range_names_the_values():
         dataclasses.replace(recipe, augment="heavy")
     with pytest.raises(ValueError, match=r"epochs=0.*warmup_epochs=5"):
         dataclasses.replace(recipe, epochs=0)
+    for layer_decay in (0.0, 1.5, True):
+        with pytest.raises(ValueError, match=rf"layer_decay={layer_decay!r}"):
+            dataclasses.replace(recipe, layer_decay=layer_decay)
     assert dataclasses.replace(recipe, epochs=50).epochs == 50
 
 
