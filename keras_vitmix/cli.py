@@ -52,6 +52,13 @@ def _train(args):
         distribute=None if args.distribute == "none" else args.distribute,
         output_dir=args.output,
         seed=args.seed,
+        weights=args.weights,
+        freeze=args.freeze,
+        layer_decay=args.layer_decay,
+        teacher=args.teacher,
+        distillation=args.distillation,
+        distillation_alpha=args.distillation_alpha,
+        distillation_tau=args.distillation_tau,
     )
     return 0
 

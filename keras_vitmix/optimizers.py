@@ -75,7 +75,8 @@ def layer_ids(model):
     return ids
 
 
-def _check_layer_decay(layer_decay):
+def check_layer_decay(layer_decay):
+    """`layer_decay` as a float, or a ValueError naming it."""
     if (
         not isinstance(layer_decay, numbers.Real)
         or isinstance(layer_decay, bool)
@@ -214,7 +215,7 @@ class LayerDecayAdamW(keras.optimizers.AdamW):
     """
 
     def __init__(self, layer_ids, layer_decay=0.75, num_layers=None, weight_decay=0.004, **kwargs):
-        layer_decay = _check_layer_decay(layer_decay)
+        layer_decay = check_layer_decay(layer_decay)
         ids, num_layers = _check_ids(layer_ids, num_layers)
         if weight_decay is not None and (
             not isinstance(weight_decay, numbers.Real) or isinstance(weight_decay, bool) or not weight_decay >= 0

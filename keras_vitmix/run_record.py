@@ -34,7 +34,8 @@ def run_metadata(args, data, run):
 
 TRAINING_VALUES = (
     "learning_rate", "weight_decay", "warmup_epochs", "label_smoothing", "augment", "drop_path_rate",
-    "ema_momentum", "test_time_flip", "clipnorm", "mixed_precision", "image_size",
+    "ema_momentum", "test_time_flip", "clipnorm", "mixed_precision", "image_size", "layer_decay", "weights",
+    "freeze", "teacher", "distillation", "distillation_alpha", "distillation_tau",
 )
 
 

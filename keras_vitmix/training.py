@@ -19,7 +19,7 @@ import warnings
 
 import keras
 
-from keras_vitmix import distribution, saving
+from keras_vitmix import distribution, pretrained, saving
 from keras_vitmix.distribution import distribution_scope  # noqa: F401  (training.distribution_scope, as before)
 from keras_vitmix.applications._common import Application
 from keras_vitmix.augmentation import policy_name
@@ -31,6 +31,9 @@ from keras_vitmix.metrics import accuracy_metrics
 from keras_vitmix.training_callbacks import EpochTimer, callbacks
 from keras_vitmix.training_data import PIPELINES, training_data
 from keras_vitmix.training_network import build_network, recipe_family
+
+# DeiT's: hard distillation (the default with a teacher), alpha 0.5; tau 1 (soft only).
+DISTILLATION_DEFAULTS = {"distillation": "hard", "distillation_alpha": 0.5, "distillation_tau": 1.0}
 
 # Variables named so are not decayed (LayerNorm/BatchNorm gamma/beta, biases, ...).
 NO_WEIGHT_DECAY = ("bias", "gamma", "beta", "position_embeddings", "class_token", "layer_scale")
@@ -59,6 +62,7 @@ def compile_for_training(
     clipnorm=1.0,
     jit_compile="auto",
     ema_momentum=None,
+    layer_decay=1.0,
 ):
     """Compiles `model` with the recipe.
 
@@ -76,6 +80,8 @@ def compile_for_training(
             `fit` writes into the model when it ends. Pair it with
             `keras.callbacks.SwapEMAWeights` to validate and checkpoint the average
             (`callbacks(..., ema=True)` does).
+        layer_decay: float in (0, 1]: below 1, layer-wise learning-rate decay over the
+            model's blocks (`keras_vitmix.optimizers.LayerDecayAdamW`, BEiT's rule).
 
     Returns:
         The model, compiled, with metrics "accuracy" (and "top5" for > 5 classes).
@@ -99,13 +105,19 @@ def compile_for_training(
             f"Keras would clip per replica, before aggregation. Received: clipnorm={clipnorm}"
         )
         clipnorm = None
-    optimizer = keras.optimizers.AdamW(
+    adamw = dict(
         learning_rate=warmup_cosine(learning_rate, total_steps, warmup_steps),
         weight_decay=weight_decay,
         global_clipnorm=clipnorm,
         use_ema=ema_momentum is not None,
         ema_momentum=0.99 if ema_momentum is None else float(ema_momentum),
     )
+    if layer_decay is not None and layer_decay < 1:
+        from keras_vitmix.optimizers import layer_decay_optimizer
+
+        optimizer = layer_decay_optimizer(model, layer_decay, **adamw)
+    else:
+        optimizer = keras.optimizers.AdamW(**adamw)
     optimizer.exclude_from_weight_decay(var_names=list(NO_WEIGHT_DECAY))
     metrics = accuracy_metrics(model.output_shape[-1])
     model.compile(
@@ -160,13 +172,21 @@ def train(
     clipnorm=None,
     validation_fraction=0.1,
     test_fraction=0.1,
+    weights=None,
+    freeze=None,
+    layer_decay=None,
+    teacher=None,
+    distillation=None,
+    distillation_alpha=None,
+    distillation_tau=None,
 ):
     """Trains a model on a dataset with a recipe and writes a run folder.
 
     Every training argument left at None takes the value of the recipe
     (`keras_vitmix.recipes`, docs/recipes.md): `recipe="small"`, `"cifar"` or `"deit"`,
-    chosen by default from the training split's size and image side. Arguments given
-    explicitly win over the recipe. A run killed part-way resumes at the epoch it reached
+    chosen by default from the training split's size and image side, and `"finetune"`
+    whenever `weights` or `freeze` are given. Arguments given explicitly win over the
+    recipe. A run killed part-way resumes at the epoch it reached
     when called again with the same `output_dir`; a run that fails before its first
     epoch leaves no folder it created.
 
@@ -225,6 +245,27 @@ def train(
         validation_fraction, test_fraction: floats: the parts of each class held out of
             a folder, a TFDS dataset or arrays that lack those splits (seeded, disjoint);
             `test_fraction=0`: no test split.
+        weights: None (the model's own: random for a name), "timm", "timm:<timm name>",
+            a timm file (.safetensors, .pth, .pt, .bin) or a .keras / .weights.h5 of
+            ours: loaded into the network built for the data (`keras_vitmix.pretrained`):
+            a new, zero-initialized head where the data's classes differ, the position
+            embedding resampled where the image size does.
+        freeze: None, or "backbone": a linear probe, the classifier alone trains
+            (normalization statistics frozen too); the checkpoints reload trainable.
+        layer_decay: None (the recipe's), or a float in (0, 1]: block i of L trains at
+            `layer_decay ** (L - i)` times the learning rate, the stem at
+            `layer_decay ** (L + 1)`, the head at 1 (`keras_vitmix.optimizers`).
+        teacher: None, a classifier (`keras.Model`), a `.keras` path or a registered
+            name (built with `weights="timm"`) of the data's classes: frozen, in
+            inference mode, it sees each augmented batch the student sees
+            (`keras_vitmix.distillation`).
+        distillation: "hard" (the default with a teacher: cross-entropy on the
+            teacher's argmax, DeiT's) or "soft" (KL at temperature
+            `distillation_tau`, times tau^2); a DeiT student (a distillation token)
+            learns it in its `head_dist` and predicts the mean of both heads.
+        distillation_alpha: the distillation term's weight in
+            `(1 - alpha) * loss(labels) + alpha * distillation`; default 0.5.
+        distillation_tau: the soft distillation's temperature; default 1.0.
 
     Returns:
         The metrics dict written to metrics.json.
@@ -254,6 +295,37 @@ def _check_arguments(args):
     if args["augment"] is not None:
         policy_name(args["augment"])  # an unknown name fails before any data is read
     check_fractions(args["validation_fraction"], args["test_fraction"])  # before any data is read
+    pretrained.check_weights(args["weights"])
+    pretrained.check_freeze(args["freeze"])
+    decay = args["layer_decay"]
+    if decay is not None:
+        from keras_vitmix.optimizers import check_layer_decay
+
+        check_layer_decay(decay)
+    if args["freeze"] and decay not in (None, 1, 1.0):
+        raise ValueError(
+            "A frozen backbone trains the classifier alone, so a layer decay would not apply. Received: "
+            f"freeze={args['freeze']!r}, layer_decay={decay!r}"
+        )
+    _check_distillation(args)
+
+
+def _check_distillation(args):
+    """The distillation's settings, and a teacher file that exists, before any data is read."""
+    from keras_vitmix.distillation import check_distillation
+
+    settings = {k: args[k] for k in ("distillation", "distillation_alpha", "distillation_tau") if args[k] is not None}
+    teacher = args["teacher"]
+    if teacher is None:
+        if settings:
+            given = ", ".join(f"{k}={v!r}" for k, v in settings.items())
+            raise ValueError(f"Distillation needs a teacher: pass `teacher=`. Received: {given} with teacher=None")
+        return
+    check_distillation(args["distillation"] or "hard", *(
+        DISTILLATION_DEFAULTS[k] if args[k] is None else args[k] for k in ("distillation_alpha", "distillation_tau")
+    ))
+    if isinstance(teacher, (str, os.PathLike)) and os.fspath(teacher).endswith(".keras"):
+        saving.check_model_file(os.fspath(teacher), argument="teacher")
 
 
 def _train(args):
@@ -268,11 +340,13 @@ def _train(args):
         model = saving.load_model(model, compile=False)
     data = training_data(
         args["dataset"], args["image_size"], model, args["seed"], args["validation_fraction"], args["pipeline"],
-        args["test_fraction"],
+        args["test_fraction"], new_head=args["weights"] is not None,
     )
     info = data.info
+    adapting = args["weights"] is not None or args["freeze"] is not None
     chosen = recipes.get_recipe(
-        args["recipe"] or recipes.choose_recipe(info.num_examples, info.image_shape), recipe_family(model)
+        args["recipe"] or ("finetune" if adapting else recipes.choose_recipe(info.num_examples, info.image_shape)),
+        recipe_family(model),
     )
     run = {**_resolve_run(chosen, args, info), "recipe": chosen.name}
     os.makedirs(args["output_dir"], exist_ok=True)
@@ -285,25 +359,31 @@ def _train(args):
         with distribution_scope(args["distribute"], shard_dataset=data.pipeline == "tf.data"):
             distribution.check_batch(run["batch_size"], args["distribute"])
             devices = distribution.describe(args["distribute"])
-            net = build_network(model, data.size, info.num_classes, args["model_overrides"], run["drop_path_rate"],
-                                explicit=_explicit_architecture(args), distributed=devices["strategy"] is not None)
+            net, run["weights"] = build_network(
+                model, data.size, info.num_classes, args["model_overrides"], run["drop_path_rate"],
+                explicit=_explicit_architecture(args), distributed=devices["strategy"] is not None,
+                weights=args["weights"],
+            )
+            frozen = pretrained.freeze_backbone(net) if run["freeze"] else ()
             distribution.check_network(net)
             compile_for_training(
                 net, run["epochs"] * steps, run["learning_rate"], run["weight_decay"], run["warmup_epochs"] * steps,
                 run["label_smoothing"], clipnorm=run["clipnorm"], jit_compile=args["jit_compile"],
-                ema_momentum=run["ema_momentum"],
+                ema_momentum=run["ema_momentum"], layer_decay=run["layer_decay"],
             )
             run.update(trained_values(net))
             metadata = run_metadata(args, data, run)
             if isinstance(net, Application):  # kept in its config, so in every checkpoint
                 net.metadata = metadata
-            trainer = data.trainer(net, run, args["seed"], args["jit_compile"])
+            teacher = _teacher(args["teacher"], info.num_classes, data.size)
+            trainer = data.trainer(net, run, args["seed"], args["jit_compile"], teacher=teacher)
         output_dir = args["output_dir"]
         resuming = os.path.isdir(os.path.join(output_dir, "backup"))
         if not resuming and os.path.exists(os.path.join(output_dir, "history.csv")):
             os.remove(os.path.join(output_dir, "history.csv"))  # a fresh run: no stale rows
         run_callbacks = callbacks(
-            output_dir, (*data.callbacks(batches), *args["extra_callbacks"]), ema=run["ema_momentum"] is not None
+            output_dir, (*data.callbacks(batches), *args["extra_callbacks"]), ema=run["ema_momentum"] is not None,
+            frozen=frozen,
         )
         start = time.perf_counter()
         trainer.fit(
@@ -338,9 +418,31 @@ def _resolve_run(chosen, args, info):
     run["ema_momentum"] = run["ema_momentum"] or None  # False: off
     run["augment"] = policy_name(run["augment"])
     run["test_time_flip"] = bool(run["test_time_flip"]) and info.flip_invariant
+    run["freeze"] = args["freeze"]
+    teacher = args["teacher"]
+    run["teacher"] = None if teacher is None else getattr(teacher, "name", None) or os.fspath(teacher)
+    for name, default in DISTILLATION_DEFAULTS.items():  # recorded only where a teacher teaches
+        run[name] = None if teacher is None else (default if args[name] is None else args[name])
+    if args["layer_decay"] is not None:
+        run["layer_decay"] = float(args["layer_decay"])
+    if run["freeze"]:  # the classifier alone trains: no blocks to decay over, no drop path
+        run["layer_decay"] = 1.0
+        if args["drop_path_rate"] is None:
+            run["drop_path_rate"] = 0.0
     if isinstance(run["batch_size"], bool) or not isinstance(run["batch_size"], int) or run["batch_size"] < 1:
         raise ValueError(f"`batch_size` must be an integer >= 1. Received: batch_size={run['batch_size']!r}")
     return run
+
+
+def _teacher(teacher, num_classes, size):
+    """The run's teacher as a model (`keras_vitmix.distillation.resolve_teacher`), made
+    inside the run's distribution scope like the network: a registered name is built
+    with timm's weights for the data's classes and image size."""
+    if teacher is None:
+        return None
+    from keras_vitmix.distillation import resolve_teacher
+
+    return resolve_teacher(teacher, weights="timm", classes=num_classes, input_shape=(*size, 3))
 
 
 def _explicit_architecture(args):

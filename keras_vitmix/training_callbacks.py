@@ -23,10 +23,13 @@ class AtomicCheckpoint(keras.callbacks.Callback):
             checkpoint. A small validation set ties often (180 digits: steps of 0.56%),
             and under a decaying learning rate the later of two tied epochs is usually
             the better model.
+        frozen: names of layers frozen for this run (a linear probe), saved trainable
+            (`keras_vitmix.pretrained.thawed`) so that the file reloads as a whole model.
     """
 
-    def __init__(self, path, monitor=None, mode="max", best=None, save_ties=False):
+    def __init__(self, path, monitor=None, mode="max", best=None, save_ties=False, frozen=()):
         super().__init__()
+        self.frozen = tuple(frozen)
         self.path = path
         self.monitor = monitor
         self.mode = mode
@@ -47,7 +50,14 @@ class AtomicCheckpoint(keras.callbacks.Callback):
             self.best = value
         tmp = f"{self.path[:-len('.keras')]}.tmp.keras"
         # A DeviceTrainer (the device pipeline) holds data: the checkpoint is its network.
-        getattr(self.model, "network", self.model).save(tmp)
+        network = getattr(self.model, "network", self.model)
+        if self.frozen:
+            from keras_vitmix.pretrained import thawed
+
+            with thawed(network, self.frozen):
+                network.save(tmp)
+        else:
+            network.save(tmp)
         os.replace(tmp, self.path)
 
 
@@ -123,11 +133,12 @@ def read_history(csv_path):
     return {key: [float(row[key]) for row in rows if row.get(key) not in (None, "")] for key in rows[0]}
 
 
-def callbacks(output_dir, extra=(), ema=False):
+def callbacks(output_dir, extra=(), ema=False, frozen=()):
     """Best and last checkpoints (atomic), resumable backup, CSV history, curves PNG, timing.
 
     With `ema=True` (an optimizer with `use_ema=True`), validation and both checkpoints
-    see the averaged weights; the backup, written first, keeps the raw ones.
+    see the averaged weights; the backup, written first, keeps the raw ones. `frozen`:
+    the layers a linear probe froze, saved trainable in the checkpoints.
     """
     history = read_history(os.path.join(output_dir, "history.csv"))
     best = max(history["val_accuracy"]) if history.get("val_accuracy") else None
@@ -137,9 +148,10 @@ def callbacks(output_dir, extra=(), ema=False):
         # The later of tied epochs: a small validation set ties often, and the learning
         # rate has decayed further by then.
         AtomicCheckpoint(
-            os.path.join(output_dir, "model.keras"), monitor="val_accuracy", mode="max", best=best, save_ties=True
+            os.path.join(output_dir, "model.keras"), monitor="val_accuracy", mode="max", best=best, save_ties=True,
+            frozen=frozen,
         ),
-        AtomicCheckpoint(os.path.join(output_dir, "last.keras")),
+        AtomicCheckpoint(os.path.join(output_dir, "last.keras"), frozen=frozen),
         keras.callbacks.CSVLogger(os.path.join(output_dir, "history.csv"), append=True),
         TrainingCurves(os.path.join(output_dir, "history.csv"), os.path.join(output_dir, "curves.png")),
         EpochTimer(),

@@ -29,17 +29,21 @@ from keras_vitmix.training_network import model_image_size
 PIPELINES = ("auto", "device", "tf.data")
 
 
-def training_data(dataset, image_size, model, seed, validation_fraction, pipeline, test_fraction):
+def training_data(dataset, image_size, model, seed, validation_fraction, pipeline, test_fraction, new_head=False):
     """The feed of a run: a `HeldFeed` for data held in memory, else a `StreamedFeed`.
 
     "auto" holds a named dataset whose training images fit the device's share
     (`device_pipeline.check_fits`) and streams it otherwise; the feed's `reason` says
-    which and why (metrics.json records it).
+    which and why (metrics.json records it). Arrays count a given model's classes as
+    theirs (labels may leave some out), unless `new_head`: the run rebuilds the model
+    for the labels' classes (`train(weights=...)`).
     """
     from keras_vitmix import datasets
 
     if isinstance(dataset, (tuple, list, dict)):
-        return HeldFeed.from_arrays(dataset, image_size, model, seed, validation_fraction, pipeline, test_fraction)
+        return HeldFeed.from_arrays(
+            dataset, image_size, model, seed, validation_fraction, pipeline, test_fraction, new_head
+        )
     size = datasets.as_image_size(image_size) or model_image_size(model)
     load = dict(image_size=size, seed=seed, validation_fraction=validation_fraction, test_fraction=test_fraction)
     chosen, reason = _choose_pipeline(pipeline, dataset, size, validation_fraction)
@@ -75,13 +79,18 @@ class TrainingData:
         """(images, labels) to hold on the device, or (None, None)."""
         return None, None
 
-    def trainer(self, net, run, seed, jit_compile):
-        """The model `fit` runs: a `DeviceTrainer` around `net`, compiled as `net` is."""
+    def trainer(self, net, run, seed, jit_compile, teacher=None):
+        """The model `fit` runs: a `DeviceTrainer` around `net`, compiled as `net` is,
+        distilling `teacher` (a model, or None) as `run` says."""
         from keras_vitmix.device_pipeline import DeviceTrainer
 
+        distillation = {} if teacher is None else dict(
+            teacher=teacher, distillation=run["distillation"], distillation_alpha=run["distillation_alpha"],
+            distillation_tau=run["distillation_tau"],
+        )
         trainer = DeviceTrainer(
             net, *self.held(), augment=run["augment"], flip=self.info.flip_invariant,
-            test_time_flip=run["test_time_flip"], seed=seed,
+            test_time_flip=run["test_time_flip"], seed=seed, **distillation,
         )
         trainer.compile(
             optimizer=net.optimizer, loss=net.loss, metrics=accuracy_metrics(net.output_shape[-1]), jit_compile=jit_compile
@@ -116,10 +125,11 @@ class HeldFeed(TrainingData):
         self.splits = splits
 
     @classmethod
-    def from_arrays(cls, dataset, image_size, model, seed, validation_fraction, pipeline, test_fraction):
+    def from_arrays(cls, dataset, image_size, model, seed, validation_fraction, pipeline, test_fraction,
+                    new_head=False):
         from keras_vitmix import datasets
 
-        classes = int(model.output_shape[-1]) if isinstance(model, keras.Model) else None
+        classes = int(model.output_shape[-1]) if isinstance(model, keras.Model) and not new_head else None
         splits, infos = _array_splits(dataset, seed, validation_fraction, test_fraction, classes)
         size = infos["train"].image_shape[:2]
         wanted = datasets.as_image_size(image_size) or model_image_size(model)

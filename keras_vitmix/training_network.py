@@ -30,7 +30,8 @@ def recipe_family(model):
         return "default"
 
 
-def build_network(model, size, num_classes, overrides, drop_path_rate=0.0, explicit=None, distributed=False):
+def build_network(model, size, num_classes, overrides, drop_path_rate=0.0, explicit=None, distributed=False,
+                  weights=None):
     """The network a run trains: a registered name built for the data's size and classes
     (with the recipe's drop path where its family takes one), or a given model as it
     is. `explicit`: the architecture options the caller gave (model_overrides,
@@ -38,7 +39,48 @@ def build_network(model, size, num_classes, overrides, drop_path_rate=0.0, expli
     kept, or they are refused: an option is never only recorded. `distributed`: the
     caller builds under a data-parallel distribution, where a given model's variables,
     made before it, are on one device: the network is a copy made under it, weights
-    kept (`keras.models.clone_model`)."""
+    kept (`keras.models.clone_model`). `weights` (`keras_vitmix.pretrained`): the
+    network is built for the data and then given them, a given model's architecture
+    rebuilt for the data's classes and size.
+
+    Returns:
+        (network, what was loaded: None, or a dict for metrics.json).
+    """
+    if weights is None:
+        return _network(model, size, num_classes, overrides, drop_path_rate, explicit, distributed), None
+    from keras_vitmix import pretrained
+
+    if isinstance(model, keras.Model):
+        if pretrained.is_timm_name(weights):
+            raise ValueError(
+                f"weights={weights!r} names timm's checkpoint of a registered name: pass the name "
+                f"(keras_vitmix.applications.list_models()), not a model. Received: model {model.name!r}"
+            )
+        model = _rebuilt_for(model, size, num_classes, explicit)
+    elif pretrained.is_timm_name(weights):
+        overrides = {**(overrides or {}), "weights": weights}
+    network = _network(model, size, num_classes, overrides, drop_path_rate, explicit, distributed)
+    if pretrained.is_timm_name(weights):
+        return network, {"weights": weights, "head": "new" if pretrained.head_is_zero(network) else "loaded"}
+    return network, pretrained.load(network, weights)
+
+
+def _rebuilt_for(model, size, num_classes, explicit):
+    """A given model's architecture for other weights: its config with the data's classes
+    and size (and the options given), before any weights are loaded into it."""
+    from keras_vitmix.applications._common import Application
+
+    if not isinstance(model, Application):
+        raise ValueError(
+            f"`weights` load into the models of keras_vitmix.applications (a registered name, or one of their "
+            f"models). Received: model {model.name!r} of type {type(model).__name__}"
+        )
+    changes = {k: v for k, v in dict(explicit or {}).items() if k not in ("image_size", "dtype")}
+    config = {**model.get_config(), **changes, "classes": num_classes, "input_shape": (*size, 3)}
+    return type(model).from_config(config)
+
+
+def _network(model, size, num_classes, overrides, drop_path_rate, explicit, distributed):
     import inspect
 
     from keras_vitmix.applications import create_model, model_info
@@ -47,7 +89,8 @@ def build_network(model, size, num_classes, overrides, drop_path_rate=0.0, expli
         if model.output_shape[-1] != num_classes:
             raise ValueError(
                 f"The model has {model.output_shape[-1]} classes and the dataset {num_classes}. "
-                "Build the model with `classes` equal to the dataset's."
+                "Build the model with `classes` equal to the dataset's, or adapt it: train(model, data, "
+                "weights=<its .keras file>) gives it a new head for these classes."
             )
         network = rebuilt(model, dict(explicit or {}))
         if distributed and network is model:

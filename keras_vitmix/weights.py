@@ -73,7 +73,7 @@ _LEAVES = {
     "moving_mean": "running_mean",
     "moving_variance": "running_var",
 }
-_HEADS = ("head", "head_dist")
+HEADS = ("head", "head_dist")
 # BatchNorm's update counter: PyTorch state, no value of the model.
 _IGNORED_SUFFIX = ".num_batches_tracked"
 _MAX_LISTED = 40
@@ -112,15 +112,15 @@ def load_timm_weights(model, source, load_head=None):
     state = checkpoints.state_dict(source)
     _check_normalization(model, getattr(source, "pretrained_cfg", None))
     variables = {v.path: v for v in model.weights}
-    has_head = any(path.split("/")[0] in _HEADS for path in variables)
+    has_head = any(path.split("/")[0] in HEADS for path in variables)
     if load_head and not has_head:
         raise ValueError(
             f"`load_head=True` but model '{model.name}' has no classification head "
             "(include_top=False). Received: load_head=True"
         )
     if load_head is False or not has_head:
-        state = {k: v for k, v in state.items() if k.split(".")[0] not in _HEADS}
-        variables = {p: v for p, v in variables.items() if p.split("/")[0] not in _HEADS}
+        state = {k: v for k, v in state.items() if k.split(".")[0] not in HEADS}
+        variables = {p: v for p, v in variables.items() if p.split("/")[0] not in HEADS}
     if model.get_config().get("use_fc_norm") and not any(p.startswith("fc_norm/") for p in variables):
         # timm's norm of the pooled features is part of its pre-logits: a model that
         # returns tokens (pooling=None) has none to fill.
@@ -180,11 +180,11 @@ def _convert(path, value, layout, model):
     if leaf == "kernel" and value.ndim == 2:
         return value.T  # (out, in) -> (in, out)
     if leaf == "position_embeddings" and value.ndim == 3:
-        return _resampled(value, model.get_layer("patch_embedding"))
+        return resampled_positions(value, model.get_layer("patch_embedding"))
     return value
 
 
-def _resampled(value, embedding):
+def resampled_positions(value, embedding):
     """A checkpoint's (square) position grid resized to the model's, the prefix tokens'
     entries kept (none where the embedding covers the patches only, no_embed_class)."""
     prefix = embedding.num_prefix_positions
@@ -250,7 +250,7 @@ def _raise_on_problems(model, unmapped, unfilled, mismatched):
             more = f", ... ({len(keys) - _MAX_LISTED} more)" if len(keys) > _MAX_LISTED else ""
             lines.append(f"{len(keys)} {title}: {shown}{more}")
     keys = [key for _, listed in problems for key in listed]
-    if any(re.split(r"[/.]", key)[0] in _HEADS for key in keys):
+    if any(re.split(r"[/.]", key)[0] in HEADS for key in keys):
         lines.append("load_head=False leaves the model's own head (a new one for other classes).")
     if lines:
         raise ValueError(
@@ -295,7 +295,21 @@ def create_from_timm(name, weights, **overrides):
     load_head = include_top and overrides["classes"] == cfg.num_classes
     source = _fetch(cfg)
     model = _create_model(name, **overrides)
-    return load_timm_weights(model, source, load_head=load_head)
+    load_timm_weights(model, source, load_head=load_head)
+    if include_top and not load_head:
+        zero_head(model)
+    return model
+
+
+def zero_head(model):
+    """Sets the classifier(s) of `model` to zero. A new head starts there (as big_vision's
+    and BiT's fine-tuning do, and ANCHORS.md records for timm): every class starts at
+    the same probability, so the first steps move the head, not a random projection
+    the backbone has to undo."""
+    for layer in model.layers:
+        if layer.name in HEADS:
+            for variable in layer.weights:
+                variable.assign(np.zeros(variable.shape, dtype=variable.dtype))
 
 
 def import_timm():

@@ -12,7 +12,7 @@ import functools
 
 BACKENDS = ("tensorflow", "jax", "torch")
 PIPELINES = ("auto", "device", "tf.data")
-RECIPES = ("small", "cifar", "deit")
+RECIPES = ("small", "cifar", "deit", "finetune")
 AUGMENTATIONS = ("none", "light", "medium", "strong")
 DESCRIPTION = "The `keras-vitmix` command: list, train, evaluate, predict with, visualize and export models."
 _MODEL_FILE = "a .keras file, e.g. runs/train/model.keras"
@@ -85,6 +85,21 @@ def _add_train(add):
     train.add_argument("--process-id", type=int, default=None, help="this process's id, 0 on the coordinator")
     train.add_argument("--output", default="runs/train", help="run folder")
     train.add_argument("--seed", type=int, default=0)
+    adapt = train.add_argument_group("adapting a pretrained model (docs/adapting.md)")
+    adapt.add_argument("--weights", default=None,
+                       help="'timm', 'timm:<timm name>', a timm .safetensors/.pth/.bin, or a .keras/.weights.h5 of "
+                            "ours; the head is new where the classes differ (default recipe: finetune)")
+    adapt.add_argument("--freeze", choices=("backbone",), default=None,
+                       help="backbone: a linear probe, the classifier alone trains")
+    adapt.add_argument("--layer-decay", type=float, default=None,
+                       help="layer-wise learning-rate decay in (0, 1], 1: off" + recipe)
+    adapt.add_argument("--teacher", default=None, metavar="PATH_OR_NAME",
+                       help="a .keras classifier or a registered name (timm weights) to distil from")
+    adapt.add_argument("--distillation", choices=("hard", "soft"), default=None,
+                       help="hard: the teacher's argmax (DeiT's; default with --teacher); soft: KL at --distillation-tau")
+    adapt.add_argument("--distillation-alpha", type=float, default=None,
+                       help="weight of the distillation term (default 0.5)")
+    adapt.add_argument("--distillation-tau", type=float, default=None, help="soft distillation's temperature (default 1)")
 
 
 def _add_evaluate(add):
