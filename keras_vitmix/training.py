@@ -442,7 +442,14 @@ def _teacher(teacher, num_classes, size):
         return None
     from keras_vitmix.distillation import resolve_teacher
 
-    return resolve_teacher(teacher, weights="timm", classes=num_classes, input_shape=(*size, 3))
+    model = resolve_teacher(teacher, weights="timm", classes=num_classes, input_shape=(*size, 3))
+    if isinstance(teacher, str) and not teacher.endswith(".keras") and pretrained.head_is_zero(model):
+        raise ValueError(
+            f"timm's checkpoint of {teacher!r} does not predict the data's {num_classes} classes, so as a teacher "
+            "its new head would teach nothing. Train a teacher on the data (`train`) and pass its .keras file. "
+            f"Received: teacher={teacher!r}"
+        )
+    return model
 
 
 def _explicit_architecture(args):

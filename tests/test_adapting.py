@@ -255,3 +255,23 @@ def test_a_teacher_of_other_classes_is_refused_naming_it(teacher_file, tmp_path)
             small("ViT", classes=3), {k: (x[y < 3], y[y < 3]) for k, (x, y) in _digits().items()},
             teacher=str(teacher_file), epochs=1, output_dir=str(tmp_path / "run"), verbose=0,
         )
+
+
+def test_a_named_teacher_whose_checkpoint_needs_a_new_head_is_refused(monkeypatch):
+    """A registered name is built with timm's weights; where the checkpoint's classes are
+    not the data's its head is new (zero), and a zero head teaches nothing."""
+    from keras_vitmix import distillation
+    from keras_vitmix.weights import zero_head
+
+    built = {}
+
+    def zero_headed(teacher, **kwargs):
+        built.update(kwargs)
+        model = small("ViT", classes=5)
+        zero_head(model)
+        return model
+
+    monkeypatch.setattr(distillation, "resolve_teacher", zero_headed)
+    with pytest.raises(ValueError, match=r"does not predict the data's 5 classes.*Received: teacher='vit_tiny_patch16_224'"):
+        training._teacher("vit_tiny_patch16_224", 5, (16, 16))
+    assert built == {"weights": "timm", "classes": 5, "input_shape": (16, 16, 3)}
