@@ -76,13 +76,18 @@ def check_freeze(freeze):
         )
 
 
-def load(network, weights):
+def load(network, weights, class_names=None):
     """Puts the weights of a file into `network`, built for the run's data.
 
     Args:
         network: a model of `keras_vitmix.applications`.
         weights: a path of `TIMM_FILES` or `OWN_FILES` (timm names are loaded when the
             network is built: `create_model(name, weights=...)`).
+        class_names: the data's classes, in label order, or None. A `.keras` of ours
+            records the classes it was trained on (`saving.class_names`): its head is
+            kept only for the same classes, not merely as many (two halves of one
+            dataset, each relabelled from 0, have heads of one shape and no class in
+            common). Files without names keep a head of the right shape, as timm does.
 
     Returns:
         What was loaded, for metrics.json: {"weights": path, "head": "loaded" or "new"}.
@@ -92,7 +97,9 @@ def load(network, weights):
         from keras_vitmix import saving
 
         source = saving.load_model(path, compile=False, argument="weights")
-        new_head = transfer(source, network, path)
+        trained_on = saving.class_names(source)
+        other_classes = None not in (trained_on, class_names) and list(trained_on) != [str(c) for c in class_names]
+        new_head = transfer(source, network, path, keep_head=not other_classes)
     elif path.endswith(".weights.h5"):
         new_head = _load_weights_file(network, path)
     else:
@@ -102,11 +109,12 @@ def load(network, weights):
     return {"weights": path, "head": "new" if new_head else "loaded"}
 
 
-def transfer(source, network, label="the source"):
+def transfer(source, network, label="the source", keep_head=True):
     """Copies `source`'s variables into `network`'s by path: the same architecture, but
-    perhaps other classes (the head is left for `zero_head`) or another image size (the
-    position embedding is resampled, as timm's `img_size=` does). Returns whether the
-    head is new; anything else that does not fit is a ValueError and nothing is copied."""
+    perhaps other classes (the head is left for `zero_head`, as it is where `keep_head`
+    is False) or another image size (the position embedding is resampled, as timm's
+    `img_size=` does). Returns whether the head is new; anything else that does not fit
+    is a ValueError and nothing is copied."""
     if type(source) is not type(network):
         raise ValueError(
             f"The weights are those of a {type(source).__name__} and the model is a {type(network).__name__}. "
@@ -126,6 +134,9 @@ def transfer(source, network, label="the source"):
     assignments, problems, new_head = [], [], False
     for variable in network.weights:
         head = variable.path.split("/")[0] in HEADS
+        if head and not keep_head:
+            new_head = True
+            continue
         if variable.path not in sources:
             if head:
                 new_head = True

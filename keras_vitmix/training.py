@@ -362,7 +362,7 @@ def _train(args):
             net, run["weights"] = build_network(
                 model, data.size, info.num_classes, args["model_overrides"], run["drop_path_rate"],
                 explicit=_explicit_architecture(args), distributed=devices["strategy"] is not None,
-                weights=args["weights"],
+                weights=args["weights"], class_names=info.class_names,
             )
             frozen = pretrained.freeze_backbone(net) if run["freeze"] else ()
             distribution.check_network(net)

@@ -300,20 +300,25 @@ def score_batches(model, batches, flip=False, label_smoothing=0.0):
 def _array_splits(dataset, seed, validation_fraction, test_fraction, num_classes=None):
     """{split: (images, labels)} and {split: `DatasetInfo`} of in-memory arrays.
 
-    A dict keeps the splits it gives (no "test": the run has no test split); a pair has
-    a test part and then a validation part held out of each class (seeded, disjoint), as
-    a folder does.
+    A dict keeps the splits it gives (no "test": the run has no test split) and may name
+    the classes ("class_names", in label order; "0", "1", ... otherwise); a pair has a
+    test part and then a validation part held out of each class (seeded, disjoint), as a
+    folder does.
     """
     from keras_vitmix import datasets
 
+    class_names = None
     if isinstance(dataset, dict):
-        unknown = sorted(set(dataset) - set(datasets.SPLITS))
+        unknown = sorted(set(dataset) - set(datasets.SPLITS) - {"class_names"})
         if "train" not in dataset or unknown:
             raise ValueError(
-                f"A dict of arrays needs a 'train' entry and may have 'validation' and 'test'. Received keys: "
-                f"{sorted(dataset)}"
+                f"A dict of arrays needs a 'train' entry and may have 'validation', 'test' and 'class_names'. "
+                f"Received keys: {sorted(dataset)}"
             )
-        given = {k: _pair(v, k) for k, v in dataset.items()}
+        class_names = dataset.get("class_names")
+        if class_names is not None:
+            num_classes = _named_classes(class_names, num_classes)
+        given = {k: _pair(v, k) for k, v in dataset.items() if k != "class_names"}
     else:
         given = {"train": _pair(dataset, "train")}
     train_images, train_labels = datasets.check_arrays(*given["train"], num_classes=num_classes)
@@ -333,12 +338,24 @@ def _array_splits(dataset, seed, validation_fraction, test_fraction, num_classes
     if "test" not in checked:
         checked["test"] = (train_images[:0], train_labels[:0])
         notes["test"] = "no test split: the dict of arrays has no 'test' entry"
-    info = datasets.array_info(*checked["train"], num_classes=num_classes)
+    info = datasets.array_info(*checked["train"], num_classes=num_classes, class_names=class_names)
     infos = {
         split: dataclasses.replace(info, split=split, num_examples=len(labels), note=notes[split])
         for split, (_, labels) in checked.items()
     }
     return checked, infos
+
+
+def _named_classes(class_names, num_classes):
+    """The class count of a dict's "class_names", checked against a given model's."""
+    if isinstance(class_names, str) or not all(isinstance(name, str) for name in class_names):
+        raise TypeError(f"'class_names' must be a sequence of str, in label order. Received: {class_names!r}")
+    if num_classes is not None and num_classes != len(class_names):
+        raise ValueError(
+            f"The model has {num_classes} classes and 'class_names' names {len(class_names)}. Received: "
+            f"class_names={list(class_names)!r}"
+        )
+    return len(class_names)
 
 
 def _hold_out_arrays(checked, seed, validation_fraction, test_fraction):

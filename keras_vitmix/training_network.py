@@ -31,7 +31,7 @@ def recipe_family(model):
 
 
 def build_network(model, size, num_classes, overrides, drop_path_rate=0.0, explicit=None, distributed=False,
-                  weights=None):
+                  weights=None, class_names=None):
     """The network a run trains: a registered name built for the data's size and classes
     (with the recipe's drop path where its family takes one), or a given model as it
     is. `explicit`: the architecture options the caller gave (model_overrides,
@@ -41,7 +41,8 @@ def build_network(model, size, num_classes, overrides, drop_path_rate=0.0, expli
     made before it, are on one device: the network is a copy made under it, weights
     kept (`keras.models.clone_model`). `weights` (`keras_vitmix.pretrained`): the
     network is built for the data and then given them, a given model's architecture
-    rebuilt for the data's classes and size.
+    rebuilt for the data's classes (`class_names`, which decide whether a head is kept)
+    and size.
 
     Returns:
         (network, what was loaded: None, or a dict for metrics.json).
@@ -62,7 +63,7 @@ def build_network(model, size, num_classes, overrides, drop_path_rate=0.0, expli
     network = _network(model, size, num_classes, overrides, drop_path_rate, explicit, distributed)
     if pretrained.is_timm_name(weights):
         return network, {"weights": weights, "head": "new" if pretrained.head_is_zero(network) else "loaded"}
-    return network, pretrained.load(network, weights)
+    return network, pretrained.load(network, weights, class_names)
 
 
 def _rebuilt_for(model, size, num_classes, explicit):

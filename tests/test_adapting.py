@@ -39,13 +39,14 @@ def _is_head(path):
     return path.split("/")[0] in pretrained.HEADS
 
 
-def _digits(classes=5, size=16):
-    """The digits of the first `classes` classes at `size` px, as train's arrays."""
-    splits = {}
+def _digits(classes=5, size=16, first=0):
+    """The digits of `classes` classes from `first`, relabelled from 0 and named, at
+    `size` px, as train's arrays."""
+    splits = {"class_names": [str(first + label) for label in range(classes)]}
     for split in ("train", "validation", "test"):
         images, labels, _ = load_arrays("digits", split, image_size=size)
-        keep = labels < classes
-        splits[split] = (images[keep], labels[keep])
+        keep = (labels >= first) & (labels < first + classes)
+        splits[split] = (images[keep], labels[keep] - first)
     return splits
 
 
@@ -199,6 +200,23 @@ def test_fine_tuning_from_a_keras_file_uses_the_finetune_recipe_and_layer_decay(
     assert trained.optimizer.get_config()["layer_decay"] == metrics["layer_decay"]
 
 
+def test_a_head_is_kept_for_the_same_classes_only_not_for_as_many(tmp_path):
+    """Two halves of the digits, each relabelled 0-4: the heads have one shape, and the
+    names the source run recorded tell them apart."""
+    common = dict(epochs=1, batch_size=64, verbose=0)
+    training.train(small("ViT", classes=5), _digits(first=0), output_dir=str(tmp_path / "source"), **common)
+    source = str(tmp_path / "source" / "model.keras")
+    assert saving.class_names(saving.load_model(source)) == ["0", "1", "2", "3", "4"]
+    _, same = build_network(small("ViT"), (16, 16), 5, None, weights=source, class_names=("0", "1", "2", "3", "4"))
+    _, other = build_network(small("ViT"), (16, 16), 5, None, weights=source, class_names=("5", "6", "7", "8", "9"))
+    _, unnamed = build_network(small("ViT"), (16, 16), 5, None, weights=source)
+    assert (same["head"], other["head"], unnamed["head"]) == ("loaded", "new", "loaded")
+    metrics = training.train(
+        small("ViT"), _digits(first=5), weights=source, output_dir=str(tmp_path / "target"), **common
+    )
+    assert metrics["weights"]["head"] == "new" and metrics["metadata"]["class_names"] == ["5", "6", "7", "8", "9"]
+
+
 @pytest.fixture(scope="module")
 def teacher_file(tmp_path_factory):
     """A 5-class ConvMixer teacher at 16 px, trained one epoch on the digits."""
@@ -252,7 +270,7 @@ def test_bad_distillation_arguments_fail_before_any_data_is_read(kwargs, match, 
 def test_a_teacher_of_other_classes_is_refused_naming_it(teacher_file, tmp_path):
     with pytest.raises(ValueError, match=r"teacher predicts 5 classes and the student 3.*Received: teacher"):
         training.train(
-            small("ViT", classes=3), {k: (x[y < 3], y[y < 3]) for k, (x, y) in _digits().items()},
+            small("ViT", classes=3), _digits(classes=3),
             teacher=str(teacher_file), epochs=1, output_dir=str(tmp_path / "run"), verbose=0,
         )
 
@@ -275,3 +293,26 @@ def test_a_named_teacher_whose_checkpoint_needs_a_new_head_is_refused(monkeypatc
     with pytest.raises(ValueError, match=r"does not predict the data's 5 classes.*Received: teacher='vit_tiny_patch16_224'"):
         training._teacher("vit_tiny_patch16_224", 5, (16, 16))
     assert built == {"weights": "timm", "classes": 5, "input_shape": (16, 16, 3)}
+
+
+@pytest.mark.skipif(importlib.util.find_spec("timm") is None, reason="timm is not installed")
+def test_timm_weights_reach_train_with_a_new_zero_head_and_resampled_positions(monkeypatch, tmp_path):
+    """weights="timm" through train: what timm fetches (here a 2-block DeiT-Ti, offline)
+    is loaded into the network built for 5 classes at 32 px."""
+    from keras_vitmix import weights as weights_module
+    from tests import timm_utils as tu
+
+    reference = tu.reference("deit_tiny_patch16_224")
+    monkeypatch.setattr(weights_module, "_fetch", lambda cfg: reference)
+    metrics = training.train(
+        "deit_tiny_patch16_224", _digits(size=32), weights="timm", model_overrides={"num_layers": tu.DEPTH},
+        image_size=32, epochs=1, batch_size=64, learning_rate=1e-12, output_dir=str(tmp_path), verbose=0,
+    )
+    assert metrics["weights"] == {"weights": "timm", "head": "new"} and metrics["recipe"] == "finetune"
+    trained = saving.load_model(tmp_path / "last.keras")
+    assert trained.output_shape == (None, 5) and trained.get_config()["normalization"] == "imagenet"
+    expected = resample_position_embedding(reference.pos_embed.detach().numpy(), (2, 2), (14, 14), 1)
+    np.testing.assert_allclose(  # a learning rate of 1e-12 leaves the loaded values as they were
+        keras.ops.convert_to_numpy(trained.get_layer("patch_embedding").position_embeddings),
+        keras.ops.convert_to_numpy(expected), atol=1e-6,
+    )
