@@ -47,6 +47,8 @@ def parse_arguments(argv=None):
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--distillation", choices=("hard", "soft"), default="hard")
     parser.add_argument("--skip", choices=("transfer", "distillation"), default=None)
+    parser.add_argument("--reuse", action="store_true",
+                        help="read a run whose folder has metrics.json instead of training it again")
     parser.add_argument("--cache", default=os.path.expanduser("~/.cache/keras_vitmix"))
     parser.add_argument("--output", default=str(REPO / "runs" / "adapt"))
     parser.add_argument("--results", default=str(REPO / "benchmarks" / "RESULTS.md"))
@@ -82,6 +84,10 @@ def run(name, data, folder, args, **kwargs):
     from keras_vitmix import training
 
     print(f"=== {folder}: {name} {kwargs}", flush=True)
+    finished = os.path.join(args.output, folder, "metrics.json")
+    if args.reuse and os.path.exists(finished):
+        with open(finished) as handle:
+            return {"run": folder, **json.load(handle)}
     metrics = training.train(
         name, data, batch_size=args.batch_size, seed=0, verbose=2,
         output_dir=os.path.join(args.output, folder), **kwargs,
@@ -99,9 +105,20 @@ def transfer(data, args):
     return [
         source,
         run(args.model, target, "fine-tuned", args, weights=pretrained, epochs=args.epochs),
+        # The from-scratch rate: is a gap to "from scratch" the weights' or the rate's?
+        run(args.model, target, "fine-tuned, scratch's rate", args, weights=pretrained, epochs=args.epochs,
+            learning_rate=scratch_rate(args.model)),
         run(args.model, target, "linear probe", args, weights=pretrained, freeze="backbone", epochs=args.epochs),
         run(args.model, target, "from scratch", args, recipe="cifar", epochs=args.epochs, **budget),
     ]
+
+
+def scratch_rate(name):
+    """The peak learning rate of the "cifar" recipe for `name`'s family."""
+    from keras_vitmix import recipes
+    from keras_vitmix.applications import model_info
+
+    return recipes.get_recipe("cifar", model_info(name)["family"]).learning_rate
 
 
 def distillation(data, args):
@@ -157,7 +174,8 @@ def main(argv=None):
         "validation split (it picks each run's checkpoint) and another 10% the test split (scored once, never "
         "used to select). Transfer: the source run trains on classes 0-4, the three others on classes 5-9 "
         "(same images, same epochs). Distillation: every run on all ten classes, the two students for the "
-        "same epochs on the same images.",
+        f"same epochs on the same images; the teacher is {args.teacher}"
+        + (f" built with {json.dumps(args.teacher_overrides)}" if args.teacher_overrides else "") + ".",
         tables, machine=device_name(),
     )
 
