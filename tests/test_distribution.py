@@ -2,6 +2,7 @@
 import): one step on two replicas gives the loss and the weights of one device, and
 `train` on either feed gives a one-device run's losses with each batch split over both."""
 
+import csv
 import json
 import os
 import subprocess
@@ -206,3 +207,27 @@ def test_processes_join_from_arguments_then_keras_then_jax_environment(monkeypat
     assert calls == [("h0:1", 2, 1), ("k0:2", 4, 3), ("a0:3", 2, 0)]
     with pytest.raises(ValueError, match="num_processes=None"):
         distribution.initialize_processes(environ={"JAX_COORDINATOR_ADDRESS": "h0:1"})
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(keras.backend.backend() != "jax", reason="several processes join through JAX's distributed runtime")
+def test_two_processes_train_the_one_process_model(tmp_path):
+    """Two `keras-vitmix train` processes joined by `keras.distribution.initialize` on
+    localhost, one CPU device each, train the model one process trains at the same
+    global batch: the same first loss and the same accuracies (benchmarks/multiprocess.py
+    is this test, longer, with a RESULTS.md table)."""
+    from tests.benchmark_utils import benchmark_script
+
+    with benchmark_script("multiprocess") as multiprocess:
+        multiprocess.main(["--epochs", "1", "--output", str(tmp_path), "--results", str(tmp_path / "RESULTS.md")])
+    runs = {name: json.loads((tmp_path / name / "metrics.json").read_text()) for name in ("one", "two_0", "two_1")}
+    assert runs["one"]["distribution"]["hosts"] == 1
+    for name in ("two_0", "two_1"):
+        assert runs[name]["distribution"] == {
+            "device_kind": "cpu", "devices": 2, "hosts": 2, "strategy": "keras.distribution.DataParallel",
+        }
+        for key in ("validation_accuracy", "test_accuracy", "validation_loss"):
+            assert runs[name][key] == pytest.approx(runs["one"][key], abs=1e-4), (name, key)
+        first = [float(next(csv.DictReader(open(tmp_path / run / "history.csv")))["loss"]) for run in ("one", name)]
+        assert first[1] == pytest.approx(first[0], abs=1e-4)
+    assert "| two processes: process 1 | 2 | 2 | 64 | 1 |" in (tmp_path / "RESULTS.md").read_text()
