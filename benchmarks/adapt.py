@@ -137,7 +137,7 @@ def distillation(data, args):
 
 def table(rows, caption):
     lines = [
-        f"| {caption} | model | classes | train images | epochs | recipe | layer decay | test accuracy | "
+        f"| {caption} | network | classes | train images | epochs | recipe | layer decay | test accuracy | "
         "validation accuracy | s/epoch |",
         "|---|---|---:|---:|---:|---|---:|---:|---:|---:|",
     ]

@@ -26,7 +26,6 @@ import re
 import keras
 from keras import ops
 
-from keras_vitmix.features import model_blocks
 
 
 def layer_ids(model):
@@ -56,6 +55,8 @@ def layer_ids(model):
     """
     if not isinstance(model, keras.Model):
         raise TypeError(f"`model` must be a keras.Model. Received: model of type {type(model).__name__}")
+    from keras_vitmix.features import model_blocks  # here: `import keras_vitmix` imports no features module
+
     blocks = model_blocks(model)
     if not blocks:
         raise ValueError(
@@ -298,4 +299,6 @@ def layer_decay_optimizer(model, layer_decay=0.75, **kwargs):
 
     >>> optimizer = layer_decay_optimizer(model, 0.65, learning_rate=5e-4, weight_decay=0.05)
     """
+    from keras_vitmix.features import model_blocks
+
     return LayerDecayAdamW(layer_ids(model), layer_decay=layer_decay, num_layers=len(model_blocks(model)), **kwargs)

@@ -1,6 +1,12 @@
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# The tests compile hundreds of small XLA programs under JAX, each run a few times: XLA's
+# optimization passes, not the runs, dominate their time (tests/test_inspection_registers.py
+# with tests/applications/test_vit_registers.py: 35.0 s -> 24.5 s on 2026-12-08). The
+# tests assert values, never speed (benchmarks/ measures speed, with the passes on); set
+# JAX_DISABLE_MOST_OPTIMIZATIONS=0 to test with them.
+os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
 
 
 WORKER_GIVEN_CPUS = None  # an xdist worker's CPUs before it was pinned

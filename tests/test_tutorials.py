@@ -45,7 +45,7 @@ OVERRIDES = {
         "HIDDEN_DIM": 16, "DEPTH": 2, "PATCH_SIZE": 4, "SPEED_BATCH": 4,
         "SPEED_MODELS": ["seed_mixer", "seed_convmixer"],
     },
-    "07_fine_tuning_and_distillation": {"TEACHER": "seed_convmixer", "IMAGE_SIZE": 16},
+    "07_fine_tuning_and_distillation": {"TEACHER": "seed_convmixer"},
 }
 
 
